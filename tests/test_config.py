@@ -1,0 +1,191 @@
+"Every preset in configs/ loads, validates and round-trips; bad input fails with a readable ConfigError."
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hypercompress.config import (ConfigError, HypercompressConfig, _parse_yaml, config_from_dict, config_to_dict, dump_config,
+                                  load_config)
+
+CONFIGS = Path(__file__).resolve().parent.parent / 'configs'
+PRESETS = sorted(CONFIGS.glob('*.yaml'))
+
+
+def test_presets_exist():
+    assert {'quickstart.yaml', '10x.yaml', '100x.yaml', '1000x.yaml', '10000x.yaml'} <= {p.name for p in PRESETS}
+
+
+@pytest.mark.parametrize('preset', PRESETS, ids=lambda p: p.name)
+def test_preset_loads(preset):
+    config = load_config(preset)
+    assert isinstance(config, HypercompressConfig)
+    assert preset.read_text().startswith('#'), 'each preset starts with a comment saying what it is for'
+    # every key the file sets is honoured (nothing silently dropped)
+    def leaves(data, prefix=()):
+        for key, value in data.items():
+            if isinstance(value, dict):
+                yield from leaves(value, (*prefix, key))
+            else:
+                yield (*prefix, key), value
+    dumped = config_to_dict(config)
+    for path, value in leaves(_parse_yaml(preset.read_text())):
+        node = dumped
+        for key in path:
+            node = node[key]
+        if isinstance(value, str) and isinstance(node, float):
+            value = float(value)  # '5e-5' read as text by YAML 1.1
+        assert node == value, f'{".".join(path)}: file says {value!r}, config has {node!r}'
+
+
+@pytest.mark.parametrize('preset', PRESETS, ids=lambda p: p.name)
+def test_preset_round_trip(preset, tmp_path):
+    config = load_config(preset)
+    text = dump_config(config, tmp_path / 'dumped.yaml')
+    assert (tmp_path / 'dumped.yaml').read_text() == text
+    reloaded = load_config(tmp_path / 'dumped.yaml')
+    assert reloaded == config
+    assert dump_config(reloaded) == text
+    assert [p.name for p in tmp_path.iterdir()] == ['dumped.yaml']  # the atomic write left no temporary file
+
+
+def test_1000x_targets():
+    config = load_config(CONFIGS / '1000x.yaml')
+    assert config.targets.compression_ratio == 1000
+    assert config.targets.retained_accuracy == 0.75
+    assert config.targets.max_rank_fraction == 0.02
+    assert config.branches.blt.vocab == 'bytes'
+    assert config.distillation.hierarchical_lora is False
+    assert config.distillation.learning_rate == pytest.approx(5e-5)
+
+
+def test_defaults():
+    config = load_config()
+    assert config == HypercompressConfig() == config_from_dict({})
+    assert config.mode == 'hybrid' and config.seed == 0
+    assert (config.targets.compression_ratio, config.targets.retained_accuracy, config.targets.max_rank_fraction) == (10, 0.75, 0.5)
+    assert config.branches.lra.rank is None and config.branches.lra.whitening is True
+    assert config.branches.kv.sink_tokens == 4 and config.branches.kv.activation_matching_weight == 0.1
+    assert config.branches.blt.vocab == 'teacher' and config.branches.sparsity.method == 'wanda'
+    assert config.finetune.learning_rate == 5e-5 and config.storage.group_size == 64
+    assert config.data.seq_len == 256 and config.evaluation.seq_len == 512
+
+
+def test_empty_file_and_empty_section_are_defaults(tmp_path):
+    (tmp_path / 'empty.yaml').write_text('# nothing set\n')
+    assert load_config(tmp_path / 'empty.yaml') == HypercompressConfig()
+    (tmp_path / 'section.yaml').write_text('logging:\n  # experiment: x\n')
+    assert load_config(tmp_path / 'section.yaml') == HypercompressConfig()
+
+
+def test_yaml_floats_written_without_dot(tmp_path):
+    "PyYAML reads 5e-5 as text; float fields still accept it, and integer fields accept 2e6"
+    assert yaml.safe_load('x: 5e-5') == {'x': '5e-5'}
+    (tmp_path / 'c.yaml').write_text('finetune:\n  learning_rate: 5e-5\ndistillation:\n  token_budget: 2e6\n')
+    config = load_config(tmp_path / 'c.yaml')
+    assert config.finetune.learning_rate == 5e-5 and isinstance(config.finetune.learning_rate, float)
+    assert config.distillation.token_budget == 2_000_000 and isinstance(config.distillation.token_budget, int)
+
+
+def test_n_m_is_not_base_60(tmp_path):
+    (tmp_path / 'c.yaml').write_text('branches:\n  sparsity:\n    n_m: 2:4\n')
+    assert load_config(tmp_path / 'c.yaml').branches.sparsity.n_m == '2:4'
+    assert load_config(overrides=['branches.sparsity.n_m=2:4']).branches.sparsity.n_m == '2:4'
+
+
+def fails(contains, *args, **kwargs):
+    "Assert `load_config(*args, **kwargs)` raises ConfigError whose message contains every string in `contains`"
+    with pytest.raises(ConfigError) as info:
+        load_config(*args, **kwargs)
+    for text in contains:
+        assert text in str(info.value), str(info.value)
+    return str(info.value)
+
+
+def write(tmp_path, text):
+    (path := tmp_path / 'bad.yaml').write_text(text)
+    return path
+
+
+def test_unknown_key_top_level(tmp_path):
+    fails(["unknown key 'branchs' at top level; did you mean 'branches'?", 'bad.yaml'], write(tmp_path, 'branchs: {}\n'))
+
+
+def test_unknown_key_nested(tmp_path):
+    fails(["unknown key 'rnak' at branches.lra.rnak; did you mean 'rank'?"],
+          write(tmp_path, 'branches:\n  lra:\n    rnak: 8\n'))
+
+
+def test_unknown_key_without_close_match(tmp_path):
+    fails(["unknown key 'zzz' at data.zzz", 'valid keys are: distill, finetune, seq_len'], write(tmp_path, 'data:\n  zzz: 1\n'))
+
+
+def test_out_of_range(tmp_path):
+    fails(['targets.compression_ratio=0.5 is out of range: must be between 1 and 10000'],
+          write(tmp_path, 'targets:\n  compression_ratio: 0.5\n'))
+    fails(['distillation.temperature=0 is out of range: must be greater than 0'], overrides=['distillation.temperature=0'])
+    fails(['branches.lra.rank=0 is out of range: must be at least 1'], overrides=['branches.lra.rank=0'])
+
+
+def test_wrong_type(tmp_path):
+    fails(["data.seq_len='long' has the wrong type: expected an integer, got a string"], write(tmp_path, 'data:\n  seq_len: long\n'))
+    fails(['branches.lra.rank=True has the wrong type: expected an integer or null'], overrides=['branches.lra.rank=true'])
+    fails(["section branches must be a mapping of keys to values, got a list"], write(tmp_path, 'branches: [1, 2]\n'))
+    fails(["mode='fast' is not allowed: must be one of 'hybrid', 'lra', 'sparsity', 'distill-only'"], overrides=['mode=fast'])
+
+
+def test_all_problems_reported_at_once():
+    message = fails(['2 problems', 'seed=1.5', 'targets.retained_accuracy=2'], overrides=['seed=1.5', 'targets.retained_accuracy=2'])
+    assert message.count('\n') == 2
+
+
+def test_missing_file(tmp_path):
+    fails([f'config file not found: {tmp_path / "nope.yaml"}'], tmp_path / 'nope.yaml')
+    fails(['config path is not a file'], tmp_path)
+
+
+def test_bad_yaml(tmp_path):
+    fails(['invalid YAML in', 'bad.yaml', 'line 3'], write(tmp_path, 'targets:\n  compression_ratio: 2\n   bad: [\n'))
+
+
+def test_top_level_not_a_mapping(tmp_path):
+    fails(['top level must be a mapping', 'got a list'], write(tmp_path, '- 1\n- 2\n'))
+
+
+def test_bad_override_path():
+    fails(["unknown key 'rnak' at branches.lra.rnak; did you mean 'rank'?", 'branches.lra.rnak=16'], overrides=['branches.lra.rnak=16'])
+    fails(["unknown key 'brnaches' at top level; did you mean 'branches'?"], overrides=['brnaches.lra.rank=16'])
+    fails(['seed is a value, not a section'], overrides=['seed.value=1'])
+    fails(['must look like key.path=value'], overrides=['branches.lra.rank'])
+
+
+def test_override_value_types():
+    config = load_config(CONFIGS / 'quickstart.yaml', overrides=[
+        'branches.lra.rank=16', 'finetune.learning_rate=5e-5', 'branches.kv.enabled=true', 'data.max_chunks=null',
+        'branches.blt.vocab=bpe', 'targets.compression_ratio=4', 'logging.experiment=2024'])
+    assert config.branches.lra.rank == 16 and isinstance(config.branches.lra.rank, int)
+    assert config.finetune.learning_rate == 5e-5 and isinstance(config.finetune.learning_rate, float)
+    assert config.branches.kv.enabled is True
+    assert config.data.max_chunks is None
+    assert config.branches.blt.vocab == 'bpe'
+    assert config.targets.compression_ratio == 4.0 and isinstance(config.targets.compression_ratio, float)
+    assert config.logging.experiment == '2024'
+    assert load_config(CONFIGS / 'quickstart.yaml').branches.lra.rank is None  # the file itself is untouched
+
+
+def test_overrides_apply_in_order():
+    assert load_config(overrides=['seed=1', 'seed=2']).seed == 2
+
+
+def test_assignment_is_validated():
+    config = load_config()
+    with pytest.raises(ConfigError, match='must be between 1 and 10000'):
+        config.targets.compression_ratio = 0.5
+    with pytest.raises(ConfigError, match="did you mean 'rank'"):
+        config.branches.lra.rnak = 3
+    assert config.targets.compression_ratio == 10
+
+
+def test_config_errors_are_value_errors():
+    assert issubclass(ConfigError, ValueError)
+    with pytest.raises(ValueError):
+        config_from_dict({'mode': 'nope'})
