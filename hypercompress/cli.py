@@ -5,12 +5,12 @@
 # %% auto #0
 __all__ = ['SUBCOMMANDS', 'build_parser', 'main']
 
-# %% ../nbs/24_cli.ipynb #e8175b8d
+# %% ../nbs/24_cli.ipynb #c3652b04
 import argparse
 import json
 import sys
 
-# %% ../nbs/24_cli.ipynb #887f4cc0
+# %% ../nbs/24_cli.ipynb #742b60a7
 def _add_eval(subparsers):
     p = subparsers.add_parser("eval", help="bits per byte and perplexity of a model on held-out text")
     p.add_argument("--model", required=True, help="model spec: built-in name, hub id, local directory or .gguf file")
@@ -31,7 +31,7 @@ def _run_eval(args):
                 f"{result['tokens']:,} tokens / {result['bytes']:,} bytes, {result['params']:,} params, {result['seconds']:.1f}s")
     return result
 
-# %% ../nbs/24_cli.ipynb #d7b76e82
+# %% ../nbs/24_cli.ipynb #ec18ef6f
 def _add_data(subparsers):
     p = subparsers.add_parser("data", help="put a known corpus in place")
     data_sub = p.add_subparsers(dest="data_command", required=True)
@@ -47,8 +47,71 @@ def _run_data_get(args):
     print(f"{args.name}: {path} ({text_bytes(path.read_text(encoding='utf-8')):,} bytes)")
     return path
 
-# %% ../nbs/24_cli.ipynb #46a90990
-SUBCOMMANDS = [_add_eval, _add_data]
+# %% ../nbs/24_cli.ipynb #8783b01f
+def _add_plan(subparsers):
+    p = subparsers.add_parser("plan", help="budgets (ranks, embedding latent dim, sparsity) for a target ratio, and the predicted size")
+    p.add_argument("--config", default=None, help="YAML config (default: the built-in defaults)")
+    p.add_argument("--teacher-model", required=True, help="model spec: built-in name, hub id, local directory or .gguf file")
+    p.add_argument("--ratio", type=float, default=None, help="target compression ratio; overrides targets.compression_ratio")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override such as branches.lra.rank=16 (repeatable)")
+    p.add_argument("--calibration-sequences", type=int, default=0,
+                   help="sequences of data.seq_len tokens from the training split of data.distill for activation-aware "
+                        "(whitened) sensitivity; 0 = plain weight spectra (faster)")
+    p.add_argument("--json", action="store_true", help="print the plan as one JSON object")
+    p.set_defaults(func=_run_plan)
+
+def _run_plan(args):
+    from hypercompress.config import load_config
+    from hypercompress.models import load_model
+    from hypercompress.planner import plan
+    overrides = [*args.overrides, *([f"targets.compression_ratio={args.ratio}"] if args.ratio is not None else [])]
+    config = load_config(args.config, overrides=overrides)
+    model, tokenizer = load_model(args.teacher_model)
+    calibration = None
+    if args.calibration_sequences:
+        from hypercompress.branches import calibration_ids
+        from hypercompress.data import load_text, split_text
+        train = split_text(load_text(config.data.distill), config.data.train_fraction).train
+        calibration = calibration_ids(tokenizer, train, args.calibration_sequences, config.data.seq_len, config.seed)
+    result = plan(model, config, calibration=calibration, verbose=not args.json)
+    if args.json: print(json.dumps(result.to_dict()))
+    else:
+        for reason in result.reasons: print(f"  {reason}")
+    return result
+
+# %% ../nbs/24_cli.ipynb #b27c8b78
+def _add_run(subparsers):
+    p = subparsers.add_parser("run", help="compress a teacher end to end: plan, branches, structural, distill, fine-tune, save, evaluate")
+    p.add_argument("--config", default=None, help="YAML config (default: the built-in defaults)")
+    p.add_argument("--teacher-model", default="smollm2-135m", help="model spec of the teacher")
+    p.add_argument("--student-model", default=None, help="start compression from this (smaller) pretrained model")
+    p.add_argument("--teacher-checkpoint", default=None, help="an earlier run's output used as the teacher (iterative compression)")
+    p.add_argument("--distill-data", default=None, help="data spec for distillation (default: data.distill)")
+    p.add_argument("--finetune-data", default=None, help="data spec for fine-tuning (default: data.finetune, else the distill data)")
+    p.add_argument("--seq-len", type=int, default=None)
+    p.add_argument("--stride", type=int, default=None)
+    p.add_argument("--max-chunks", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--ratio", type=float, default=None, help="overrides targets.compression_ratio")
+    p.add_argument("--output-dir", default=None, help="where the checkpoint and summary go (default: storage.checkpoint_dir)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override such as distillation.token_budget=50000 (repeatable)")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object at the end")
+    p.set_defaults(func=_run_run)
+
+def _run_run(args):
+    from hypercompress.pipeline import run_pipeline
+    summary = run_pipeline(args.config, teacher_model=args.teacher_model, student_model=args.student_model,
+                           teacher_checkpoint=args.teacher_checkpoint, distill_data=args.distill_data,
+                           finetune_data=args.finetune_data, ratio=args.ratio, seq_len=args.seq_len, stride=args.stride,
+                           max_chunks=args.max_chunks, batch_size=args.batch_size, output_dir=args.output_dir,
+                           overrides=args.overrides)
+    if args.json: print(json.dumps({k: v for k, v in summary.items() if k not in ("config", "plan")}, default=str))
+    return summary
+
+# %% ../nbs/24_cli.ipynb #d96bfaab
+SUBCOMMANDS = [_add_eval, _add_data, _add_plan, _add_run]
 
 def build_parser() -> argparse.ArgumentParser:
     "The `hypercompress` argument parser with every registered subcommand."

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from execnb.nbio import read_nb, write_nb
 from execnb.shell import CaptureShell
-from fastcore.basics import working_directory
+from fastcore.xtras import working_directory
 
 
 def _skip(cell):

@@ -1,0 +1,127 @@
+"The pipeline end to end on tiny models, reloads, iterative runs and bad input, as a user runs it."
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+COMMAND = [shutil.which("hypercompress")] if shutil.which("hypercompress") else [
+    sys.executable, "-c", "import sys; from hypercompress.cli import main; main(sys.argv[1:])"]
+SAMPLE = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
+          "First Citizen:\nYou are all resolved rather to die than to famish?\n\n") * 60
+FAST = ["distillation.token_budget=1024", "distillation.batch_size=4", "finetune.max_tokens=512",
+        "finetune.eval_every_tokens=256", "evaluation.seq_len=64"]
+
+
+def hypercompress(*args, cwd):
+    return subprocess.run([*COMMAND, *args], capture_output=True, text=True, cwd=cwd)
+
+
+def run_args(model, out, corpus, ratio=2, extra=()):
+    sets = [a for s in FAST + list(extra) for a in ("--set", s)]
+    return ["run", "--teacher-model", model, "--distill-data", str(corpus), "--ratio", str(ratio), "--seq-len", "32",
+            "--output-dir", str(out), *sets, "--json"]
+
+
+def digest(folder):
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text(SAMPLE)
+    return path
+
+
+@pytest.mark.parametrize("model", ["tiny-llama", "tiny-gpt2"])
+def test_run_end_to_end_and_reload(model, corpus, tmp_path):
+    out = tmp_path / "run"
+    result = hypercompress(*run_args(model, out, corpus), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert "Teacher params:" in result.stdout and "param_ratio:" in result.stdout
+    from hypercompress.checkpoint import load, load_checkpoint
+    from hypercompress.models import count_parameters
+    from transformers import AutoModelForCausalLM
+    hf_model, _ = load(out / "hf")
+    pt_model, _, payload = load_checkpoint(out / "hypercompress.pt")
+    remote = AutoModelForCausalLM.from_pretrained(out / "hf", trust_remote_code=True).eval()
+    assert summary["student_params"] == count_parameters(hf_model) == count_parameters(pt_model)
+    assert summary["param_ratio"] == pytest.approx(summary["teacher_params"] / summary["student_params"])
+    assert summary["param_ratio"] >= 1.95
+    assert summary["storage_bytes"] > 0 and summary["tokens"]["distill"] == 1024
+    ids = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reference = hf_model(input_ids=ids).logits
+        torch.testing.assert_close(pt_model(input_ids=ids).logits, reference, atol=1e-5, rtol=0)
+        torch.testing.assert_close(remote(input_ids=ids).logits, reference, atol=1e-5, rtol=0)
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved["student_params"] == summary["student_params"] and (out / "summary.md").is_file()
+
+
+def test_iterative_two_steps(corpus, tmp_path):
+    first, second = tmp_path / "step1", tmp_path / "step2"
+    no_kv = ["branches.kv.enabled=false"]  # a latent-KV student cannot be compressed again yet (clear error)
+    assert hypercompress(*run_args("tiny-llama", first, corpus, ratio=2, extra=no_kv), cwd=tmp_path).returncode == 0
+    result = hypercompress(*run_args("tiny-llama", second, corpus, ratio=2, extra=no_kv), "--teacher-checkpoint", str(first),
+                           cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    one = json.loads((first / "summary.json").read_text())
+    two = json.loads((second / "summary.json").read_text())
+    assert two["teacher_params"] == one["student_params"]  # the step-1 student is the teacher
+    assert two["origin"]["teacher_params"] == one["teacher_params"]  # ratios also against the original teacher
+    assert two["origin"]["param_ratio"] == pytest.approx(one["teacher_params"] / two["student_params"])
+    assert two["origin"]["param_ratio"] >= 3.8
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--distill-data", "no/such/corpus.txt"], "no/such/corpus.txt"),
+    (["--set", "branchs.lra.rank=4"], "did you mean 'branches'"),
+    (["--set", "targets.compression_ratio=0.5"], "between 1 and 10000"),
+    (["--teacher-model", "no/such/model"], "no/such/model"),
+    (["--ratio", "1000"], "not reachable"),
+])
+def test_bad_input_clear_error(args, expected, corpus, tmp_path):
+    base = ["run", "--teacher-model", "tiny-llama", "--distill-data", str(corpus), "--output-dir", str(tmp_path / "out"),
+            *[a for s in FAST for a in ("--set", s)]]
+    result = hypercompress(*base, *args, cwd=tmp_path)
+    assert result.returncode == 2, (result.stdout[-2000:], result.stderr[-2000:])
+    assert expected in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_corrupt_teacher_checkpoint(corpus, tmp_path):
+    out = tmp_path / "good"
+    assert hypercompress(*run_args("tiny-llama", out, corpus), cwd=tmp_path).returncode == 0
+    broken = tmp_path / "broken"
+    shutil.copytree(out, broken)
+    data = (broken / "hf" / "model.safetensors").read_bytes()
+    (broken / "hf" / "model.safetensors").write_bytes(data[: len(data) // 3])
+    result = hypercompress(*run_args("tiny-llama", tmp_path / "next", corpus), "--teacher-checkpoint", str(broken), cwd=tmp_path)
+    assert result.returncode == 2 and "model.safetensors" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_interrupted_run_keeps_earlier_artifacts(corpus, tmp_path, monkeypatch):
+    from hypercompress import checkpoint, pipeline
+    out = tmp_path / "run"
+    overrides = FAST + [f"logging.log_dir={tmp_path}/logs"]
+    pipeline.run_pipeline(None, teacher_model="tiny-llama", distill_data=str(corpus), ratio=2, seq_len=32,
+                          output_dir=str(out), overrides=overrides, log=lambda m: None)
+    before = digest(out)
+    real_save = checkpoint.save_checkpoint
+
+    def save_then_crash(*args, **kwargs):
+        real_save(*args, **kwargs)  # files are fully written to the staging folder, then the run dies
+        raise KeyboardInterrupt("simulated interruption")
+    monkeypatch.setattr(checkpoint, "save_checkpoint", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run_pipeline(None, teacher_model="tiny-llama", distill_data=str(corpus), ratio=3, seq_len=32,
+                              output_dir=str(out), overrides=overrides, log=lambda m: None)
+    assert digest(out) == before
+    assert not [p for p in tmp_path.iterdir() if ".staging-" in p.name]
