@@ -557,7 +557,7 @@ def save_checkpoint(model:nn.Module, # the student
                     group_size:int|None=None, # entries sharing one quantization scale
                     safe_serialization:bool|None=None, # `hf/` weights as model.safetensors (True) or pytorch_model.bin
                    ) -> dict:
-    "Write the checkpoint atomically; returns its paths, the bytes of every file written and `storage_bytes` of the weights."
+    "Write the checkpoint atomically; returns its paths, `files` (path relative to `out_dir` -> bytes) and `storage_bytes` of the weights."
     s = storage_settings(config, experiment=experiment, export_format=export_format, save_pretrained=save_pretrained,
                          quantization=quantization, group_size=group_size, safe_serialization=safe_serialization)
     out_dir = Path(out_dir)
@@ -587,7 +587,7 @@ def save_checkpoint(model:nn.Module, # the student
     weights = out_dir / (names["safetensors"] if s["export_format"] == "safetensors" else names["pt"])
     return dict(out_dir=str(out_dir), checkpoint=str(out_dir / names["pt"]), weights=str(weights),
                 hf_dir=str(out_dir / names["hf"]) if s["save_pretrained"] else None,
-                files={str(out_dir / name): size for name, size in files.items()},
+                files=files,
                 storage_bytes=weights.stat().st_size, quantization=s["quantization"], group_size=s["group_size"])
 
 # %% ../nbs/23_checkpoint.ipynb #14818683

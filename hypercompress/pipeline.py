@@ -42,7 +42,10 @@ def _is_checkpoint(path:Path) -> bool:
     if path.suffix == ".pt" and path.is_file(): return True
     for folder in (path, path / "hf"):
         config = folder / "config.json"
-        if config.is_file() and "hypercompress" in json.loads(config.read_text()): return True
+        if not config.is_file(): continue
+        try:
+            if "hypercompress" in json.loads(config.read_text()): return True
+        except ValueError: return True  # unreadable: let the checkpoint loader name the broken file
     return path.is_dir() and any(path.glob("*.pt"))
 
 def load_any(spec:str, # model spec for `load_model`, or a Hypercompress checkpoint path
