@@ -80,7 +80,10 @@ class BranchRegistry:
         if not (isinstance(branch_class, type) and issubclass(branch_class, CompressionBranch)):
             raise TypeError(f"{branch_class!r} is not a CompressionBranch subclass")
         name = name or branch_class.name
-        if name in self._branches and not replace and self._branches[name] is not branch_class:
+        existing = self._branches.get(name)
+        # Re-running a notebook cell (or reloading a module) redefines the same class: that replaces it quietly.
+        redefined = existing is not None and existing.__qualname__ == branch_class.__qualname__
+        if existing is not None and not (replace or redefined or existing is branch_class):
             raise ValueError(f"a branch named '{name}' is already registered; pass replace=True to override it")
         self._branches[name] = branch_class
         return branch_class
