@@ -227,4 +227,4 @@ class BLTBranch(CompressionBranch):
         return BranchArtifact(name=self.name, proposals=[proposal], metrics=metrics, params_removed=report.params_removed,
                               metadata=dict(latent_dim_source=source, tied=report.tied))
 
-registry.register(BLTBranch)
+registry.register(BLTBranch, replace=True)  # replace: re-running this notebook re-defines the class

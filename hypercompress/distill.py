@@ -9,7 +9,7 @@ __all__ = ['KL_DIRECTIONS', 'LORA_ALPHA', 'CACHE_FORMAT', 'kl_loss', 'teacher_to
            'LoraAdapters', 'add_lora', 'TeacherCache', 'cache_teacher_topk', 'load_teacher_cache', 'DistillResult',
            'attention_blocks', 'masked_weights', 'reapply_masks', 'distill', 'plot_curves', 'truncated_copy']
 
-# %% ../nbs/20_distill.ipynb #d1877fc2
+# %% ../nbs/20_distill.ipynb #b9edd608
 import copy
 import math
 import os
@@ -29,7 +29,7 @@ from .data import TokenChunks
 from .models import is_linear, linear_shape, linear_weight, model_structure
 from .sparsity import MASK_BUFFER
 
-# %% ../nbs/20_distill.ipynb #b94f6a0c
+# %% ../nbs/20_distill.ipynb #7f3e44af
 KL_DIRECTIONS = ("forward", "reverse", "mixed")
 
 def _check_direction(direction:str):
@@ -62,7 +62,7 @@ def kl_loss(student_logits:Tensor, # (..., V) student logits z_S
     log_p = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
     return temperature**2 * _directed_kl(log_p, log_q, direction)
 
-# %% ../nbs/20_distill.ipynb #9eafc01b
+# %% ../nbs/20_distill.ipynb #f84b9f35
 def teacher_topk(teacher_logits:Tensor, # (..., V) teacher logits z_T
                  k:int, # entries kept per position
                  temperature:float=1.0, # T of the stored log-probabilities
@@ -94,7 +94,7 @@ def topk_kl_loss(student_logits:Tensor, # (..., V) student logits z_S
         log_q = torch.cat([log_q, log_q_rest[..., None]], dim=-1)
     return temperature**2 * _directed_kl(log_p, log_q, direction)
 
-# %% ../nbs/20_distill.ipynb #a2e0e3d6
+# %% ../nbs/20_distill.ipynb #bf39d0f0
 def next_token_cross_entropy(logits:Tensor, # (batch, seq, V)
                              input_ids:Tensor, # (batch, seq) the same windows
                              counted:Tensor|None=None, # (batch, seq) bool: positions trained on; None = all
@@ -116,7 +116,7 @@ def activation_loss(student_hidden:Tensor, # (..., D_S)
     target = teacher_hidden.detach().float()
     return F.mse_loss(h.float(), target) / target.var(unbiased=False).clamp_min(1e-12)
 
-# %% ../nbs/20_distill.ipynb #7bfc6a9e
+# %% ../nbs/20_distill.ipynb #927874d6
 def layer_map(n_student:int, # L_S
               n_teacher:int, # L_T
              ) -> list[int]:
@@ -124,7 +124,7 @@ def layer_map(n_student:int, # L_S
     if n_student < 1 or n_teacher < 1: raise ValueError(f"layer counts must be positive, got {n_student} and {n_teacher}")
     return [(2 * (i + 1) * n_teacher + n_student) // (2 * n_student) - 1 for i in range(n_student)]
 
-# %% ../nbs/20_distill.ipynb #f16f0d03
+# %% ../nbs/20_distill.ipynb #d3abffbf
 def budget_batches(n_chunks:int, # windows available
                    seq_len:int, # tokens per window
                    batch_size:int, # windows per step
@@ -147,7 +147,7 @@ def counted_mask(n_windows:int, seq_len:int, n_tokens:int) -> Tensor:
     "(n_windows, seq_len) bool: the first `n_tokens` positions in reading order."
     return (torch.arange(n_windows * seq_len) < n_tokens).view(n_windows, seq_len)
 
-# %% ../nbs/20_distill.ipynb #e7f73a30
+# %% ../nbs/20_distill.ipynb #a8f7937e
 def warmup_steps(total_steps:int) -> int:
     "Linear warm-up length: 5% of the steps, at least 1, at most 100."
     return max(1, min(100, total_steps // 20))
@@ -201,7 +201,7 @@ class DivergenceGuard:
         "Call after a step's loss passed the check: snapshot the weights that produced it when one is due."
         if self.every and step > 0 and step % self.every == 0: self.snapshot(step)
 
-# %% ../nbs/20_distill.ipynb #03807521
+# %% ../nbs/20_distill.ipynb #e677dc35
 class MetricSinks:
     "TensorBoard and W&B scalar logging as the config asks, each skipped with one clear line when unavailable."
     def __init__(self, settings, # the config's `logging` section
@@ -232,7 +232,7 @@ class MetricSinks:
         if self.writer is not None: self.writer.close()
         if self.wandb_run is not None: self.wandb_run.finish()
 
-# %% ../nbs/20_distill.ipynb #f3f323bc
+# %% ../nbs/20_distill.ipynb #b423cee7
 LORA_ALPHA = 16.0
 
 def lora_ranks(n_layers:int, # decoder layers L
@@ -310,7 +310,7 @@ def add_lora(model:nn.Module,
             adapters.add(f"{layer.name}.{name}", module, adapter.to(module.weight.device))
     return adapters
 
-# %% ../nbs/20_distill.ipynb #d0f7e733
+# %% ../nbs/20_distill.ipynb #f1cd4194
 CACHE_FORMAT = "hypercompress-teacher-topk-1"
 
 @dataclass
@@ -391,7 +391,7 @@ def _check_cache(cache:TeacherCache, chunks:TokenChunks, temperature:float):
         raise ValueError(f"the teacher cache holds log-probabilities at temperature {cache.temperature:g} but "
                          f"distillation.temperature is {temperature:g}: rebuild the cache at that temperature")
 
-# %% ../nbs/20_distill.ipynb #8089fac2
+# %% ../nbs/20_distill.ipynb #1d259208
 @dataclass
 class DistillResult:
     "What a distillation run did, measured."
@@ -477,7 +477,7 @@ def reapply_masks(masked:list[tuple[Tensor, Tensor]]):
     "Zero the masked entries again (after an optimiser step)."
     for weight, mask in masked: weight.mul_(mask)
 
-# %% ../nbs/20_distill.ipynb #006cff49
+# %% ../nbs/20_distill.ipynb #c21160fa
 class _Distiller:
     "One distillation run's state: the models, the terms and how to compute them."
     def __init__(self, source, student, config, lora_rank):
@@ -547,7 +547,7 @@ class _Distiller:
         for handle in self.handles: handle.remove()
         if self.adapters is not None: self.adapters.merge()
 
-# %% ../nbs/20_distill.ipynb #b8cacc3c
+# %% ../nbs/20_distill.ipynb #90d6014f
 def distill(teacher, # teacher model, a `TeacherCache`, or the path of a cache written by `cache_teacher_topk`
             student:nn.Module, # trained in place; same tokenizer as the teacher
             tokenizer, # the shared tokenizer (used for validation BPB)
@@ -646,7 +646,7 @@ def _result(curve, tokens, budget, plan, start, reason, trainable, run, val_befo
                          tokens / seconds if seconds > 0 else 0.0, reason, sum(p.numel() for p in trainable.values()),
                          run.weights, run.lora_ranks, val_before)
 
-# %% ../nbs/20_distill.ipynb #214ad8e2
+# %% ../nbs/20_distill.ipynb #605dd187
 def plot_curves(results, # a `DistillResult` (every term), or {label: DistillResult} (the total loss of each)
                 figsize:tuple[float, float]=(7, 3.5), dpi:int=80):
     "Figure of loss against tokens trained."

@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['EarlyStopping', 'FinetuneResult', 'finetune', 'plot_curves']
 
-# %% ../nbs/21_finetune.ipynb #3935d323
+# %% ../nbs/21_finetune.ipynb #24cf40b7
 import math
 import time
 import warnings
@@ -20,7 +20,7 @@ from .distill import (DivergenceGuard, MetricSinks, TrainingDivergedError, budge
                                    cosine_lr, masked_weights, next_token_cross_entropy, reapply_masks, warmup_steps)
 from .evaluate import evaluate_bpb
 
-# %% ../nbs/21_finetune.ipynb #39231005
+# %% ../nbs/21_finetune.ipynb #645a86d1
 class EarlyStopping:
     "Patience on relative perplexity improvement: improved when ppl < (1 − tolerance)·reference."
     def __init__(self, patience:int, # evaluations without improvement before stopping
@@ -40,7 +40,7 @@ class EarlyStopping:
     @property
     def stop(self) -> bool: return self.waited >= self.patience
 
-# %% ../nbs/21_finetune.ipynb #9079c611
+# %% ../nbs/21_finetune.ipynb #2dbae2b3
 @dataclass
 class FinetuneResult:
     "What a fine-tuning run did, measured."
@@ -171,7 +171,7 @@ def _finetune_result(tokens, budget, step_losses, curve, best, reason, start, tr
                           best["tokens"], reason == "early_stopping", reason, time.perf_counter() - start, train_seconds,
                           tokens / train_seconds if train_seconds > 0 else 0.0, step_losses)
 
-# %% ../nbs/21_finetune.ipynb #fc4fc0f6
+# %% ../nbs/21_finetune.ipynb #4a218d2a
 def plot_curves(result:FinetuneResult, figsize:tuple[float, float]=(7, 3.5), dpi:int=80):
     "Figure of the training loss (per step) and validation BPB (per evaluation) against tokens trained."
     from matplotlib.figure import Figure  # no pyplot: the figure is returned, never shown twice or kept globally
@@ -186,6 +186,7 @@ def plot_curves(result:FinetuneResult, figsize:tuple[float, float]=(7, 3.5), dpi
                   label="val BPB")
     if result.best_bpb is not None: bpb_axes.plot([result.best_tokens], [result.best_bpb], "*", color="C3", ms=14, label="best (restored)")
     bpb_axes.set(ylabel="validation bits per byte")
-    figure.legend(fontsize=8, loc="upper right")
+    handles = loss_axes.get_legend_handles_labels()[0] + bpb_axes.get_legend_handles_labels()[0]
+    bpb_axes.legend(handles, [h.get_label() for h in handles], fontsize=8, loc="upper right")  # on the top axes, not hidden
     figure.tight_layout()
     return figure

@@ -7,7 +7,7 @@ __all__ = ['LatentProjection', 'latent_projection', 'kv_factors', 'LatentCacheLa
            'check_latent_kv_support', 'kv_projections', 'kv_proposals', 'apply_kv_latent', 'kv_cache_bytes',
            'kv_cache_tokens', 'generate_cache_report', 'kv_ranks', 'KVBranch']
 
-# %% ../nbs/14_kv.ipynb #9ef6ad58
+# %% ../nbs/14_kv.ipynb #a8ae3768
 import copy
 import time
 
@@ -21,7 +21,7 @@ from .branches import BranchArtifact, CompressionBranch, TensorProposal, collect
 from .lra import low_rank_factors, reconstruction_error
 from .models import linear_shape, linear_weight, model_structure
 
-# %% ../nbs/14_kv.ipynb #b885d67a
+# %% ../nbs/14_kv.ipynb #7449e8af
 class LatentProjection(nn.Module):
     "A linear map factorized as `up(down(x))`, W ≈ B A, whose rank-r middle is what the KV cache stores."
     def __init__(self, in_features:int, # D
@@ -53,7 +53,7 @@ def latent_projection(module:nn.Module, # the original k or v projection (`nn.Li
         if bias is not None: projection.up.bias.copy_(bias)
     return projection
 
-# %% ../nbs/14_kv.ipynb #0a60421d
+# %% ../nbs/14_kv.ipynb #5eedfc57
 def kv_factors(module:nn.Module, # a k or v projection
                rank:int, # r
                gram:torch.Tensor|None=None, # (in, in) XᵀX of its input: whitened SVD (SVD-LLM); None = plain SVD
@@ -63,7 +63,7 @@ def kv_factors(module:nn.Module, # a k or v projection
     U, V = low_rank_factors(weight, rank, gram=gram)
     return U.float(), V.float(), reconstruction_error(weight, U, V, gram)
 
-# %% ../nbs/14_kv.ipynb #eff061b1
+# %% ../nbs/14_kv.ipynb #3c3aab33
 class LatentCacheLayer(DynamicLayer):
     "One layer's latent K/V cache keeping `sink_tokens` first tokens and the most recent ones, `cache_tokens` in all."
     def __init__(self, cache_tokens:int, # most tokens stored; must exceed sink_tokens
@@ -105,7 +105,7 @@ class LatentCacheLayer(DynamicLayer):
     def batch_select_indices(self, indices:torch.Tensor):
         if self.is_initialized and self.keys.numel(): super().batch_select_indices(indices)
 
-# %% ../nbs/14_kv.ipynb #72f154ac
+# %% ../nbs/14_kv.ipynb #c7b0d238
 def _rotate_half(x:torch.Tensor) -> torch.Tensor:
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((-x2, x1), dim=-1)
@@ -178,7 +178,7 @@ class LatentKVAttention(nn.Module):
                                  dropout=self.attention_dropout if self.training else 0.0, scaling=self.scaling, **kwargs)
         return self.o_proj(output.reshape(*hidden_states.shape[:2], -1).contiguous()), weights
 
-# %% ../nbs/14_kv.ipynb #6f853b6b
+# %% ../nbs/14_kv.ipynb #b26cc30b
 def _rotary_embedding(model:nn.Module) -> nn.Module|None:
     return next((m for n, m in model.named_modules() if n.rsplit(".", 1)[-1] in ("rotary_emb", "rotary_embedding")), None)
 
@@ -203,7 +203,7 @@ def check_latent_kv_support(model:nn.Module, # a causal LM
     if rotary(probe, torch.zeros(1, 1, dtype=torch.long, device=probe.device))[0].shape[-1] != attention.head_dim:
         raise NotImplementedError("partial rotary embeddings (RoPE on part of each head) are not supported")
 
-# %% ../nbs/14_kv.ipynb #a12322cd
+# %% ../nbs/14_kv.ipynb #8e3ac8ac
 def kv_projections(model:nn.Module) -> list[dict]:
     "Per decoder layer: the attention module name, and the (name, module) of its k and v projections."
     found = []
@@ -268,7 +268,7 @@ def apply_kv_latent(model:nn.Module, # a Llama-family causal LM, changed in plac
     report["params_removed"] = report["params_before"] - report["params_after"]
     return report
 
-# %% ../nbs/14_kv.ipynb #9197e08d
+# %% ../nbs/14_kv.ipynb #a7a7cdbb
 def _cache_of(cache):
     for name in ("cache", "past_key_values"):
         if hasattr(cache, name) and not hasattr(cache, "layers"): return getattr(cache, name)
@@ -310,7 +310,7 @@ def generate_cache_report(model:nn.Module, # causal LM
     return dict(sequences=out.sequences, cache_bytes=n_bytes, cached_tokens=n_tokens, bytes_per_token=n_bytes / max(n_tokens, 1),
                 max_cached_tokens=max(most, default=0), forward_passes=len(most), seconds=time.perf_counter() - start)
 
-# %% ../nbs/14_kv.ipynb #d1cfb2f0
+# %% ../nbs/14_kv.ipynb #9ad3ac0c
 def kv_ranks(model:nn.Module, # the model being compressed
              config=None, # `HypercompressConfig` (branches.kv.rank)
              plan=None, # planner `Plan` (ranks by module name)

@@ -274,4 +274,4 @@ class LRABranch(CompressionBranch):
         return BranchArtifact(name=self.name, proposals=proposals, metrics=metrics, params_removed=removed,
                               metadata=dict(skipped=self.skipped, error_measure="calibration outputs" if self.grams else "weights"))
 
-registry.register(LRABranch)
+registry.register(LRABranch, replace=True)  # replace: re-running this notebook re-defines the class

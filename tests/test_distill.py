@@ -199,3 +199,17 @@ def test_finetune_exact_tokens_and_best_restored(teacher):
     assert result.stopped_early and result.best_tokens == 0 and result.tokens == 512
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     assert math.isfinite(result.best_bpb)
+
+
+def test_metric_sinks_say_when_skipped(tmp_path):
+    from hypercompress.distill import MetricSinks
+    pytest.importorskip("torch.utils.tensorboard")
+    lines = []
+    settings = config(f"logging.log_dir={tmp_path}", "logging.experiment=x", "logging.tensorboard=true",
+                      "logging.enable_wandb=true").logging
+    sinks = MetricSinks(settings, "distill", lines.append)
+    sinks.scalars({"loss": 1.0, "nan": float("nan")}, 10)
+    sinks.close()
+    assert list((tmp_path / "x").glob("events.out.tfevents.*"))
+    try: import wandb  # noqa: F401
+    except ImportError: assert any(line.startswith("W&B skipped") for line in lines)
