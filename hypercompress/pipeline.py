@@ -9,7 +9,6 @@ __all__ = ['LM_EVAL_TASKS', 'PhaseTimer', 'load_any', 'densify', 'compress', 'su
 # %% ../nbs/22_pipeline.ipynb #42b18fc5
 import copy
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .branches import CompressionState, calibration_ids, registry, run_branches
+from .branches import CompressionState, calibration_ids, run_branches
 from .config import HypercompressConfig, dump_config, load_config
 from .data import load_text, make_chunks, split_text
 from .evaluate import evaluate_bpb
