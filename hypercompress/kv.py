@@ -323,6 +323,7 @@ def kv_ranks(model:nn.Module, # the model being compressed
     rank = getattr(getattr(getattr(config, "branches", None), "kv", None), "rank", None)
     return {} if rank is None else dict.fromkeys(names, int(rank))
 
+@registry.register
 class KVBranch(CompressionBranch):
     "Latent K/V projections (Palu) whose rank-r latents are the KV cache, with an optional bounded cache."
     name, order = "kv", 20
@@ -353,5 +354,3 @@ class KVBranch(CompressionBranch):
                       f"(ranks {min(p.rank for p in proposals)}-{max(p.rank for p in proposals)}, removes {removed:,} parameters)")
         else: state.log("KV branch: no k/v ranks planned or configured (branches.kv.rank); nothing proposed")
         return BranchArtifact(self.name, proposals, metrics, metadata, params_removed=removed)
-
-registry.register(KVBranch)
