@@ -188,7 +188,7 @@ class LraBranchConfig(ConfigSection):
     rank: Integer | None = Field(None, ge=1) # fixed rank for every factor; None = chosen by the planner
     sparsity: Number = Field(0.0, ge=0, le=0.999) # fraction of the low-rank factors' weights to prune
     enable_structural: bool | None = None # remove whole heads/channels; None = planner decides
-    enable_tensor_lra: bool = True # factorise stacked layer weights jointly
+    enable_tensor_lra: bool = True # also factorize Conv1D and other non-nn.Linear 2-D weights
     whitening: bool = True # activation-aware SVD (SVD-LLM) when calibration text exists
 
 class KvBranchConfig(ConfigSection):
@@ -204,7 +204,7 @@ class BltBranchConfig(ConfigSection):
     "Embedding and vocabulary reduction"
     enabled: bool = False
     embedding_reduction: Number = Field(0.0, ge=0, le=0.99) # fraction of embedding parameters to remove
-    latent_dim: Integer | None = Field(None, ge=1) # width of the latent patch representation; None = planner decides
+    latent_dim: Integer | None = Field(None, ge=1) # rank r_e of the factorized embedding (wins over embedding_reduction); None = planner decides
     multimodal: bool = False # accept non-text bytes as input
     vocab: Literal['teacher', 'bytes', 'bpe'] = 'teacher' # the student's vocabulary
     vocab_size: Integer | None = Field(None, ge=1) # size of a 'bpe' vocabulary; None = planner decides
