@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['factorize_embedding', 'embedding_energy', 'FactorizedEmbedding', 'FactorizedTiedHead', 'BLTReport', 'apply_blt',
-           'latent_dim_for_reduction', 'resolve_latent_dim', 'BLTBranch']
+           'resolve_latent_dim', 'BLTBranch']
 
 # %% ../nbs/12_blt.ipynb #9523f26a
 import time
@@ -170,13 +170,7 @@ def apply_blt(model:nn.Module, # Hugging Face causal LM, changed in place
     return report
 
 # %% ../nbs/12_blt.ipynb #a57d0dd4
-def latent_dim_for_reduction(vocab_size:int, # V
-                             hidden_size:int, # D
-                             embedding_reduction:float, # ρ, fraction of the V·D embedding weights to remove
-                            ) -> int:
-    "r_e = floor((1 − ρ)·V·D/(V + D)), at least 1: the largest rank whose factors keep at most (1 − ρ)·V·D weights."
-    if not 0 <= embedding_reduction < 1: raise ValueError(f"embedding_reduction must be in [0, 1), got {embedding_reduction}")
-    return max(1, int((1 - embedding_reduction) * vocab_size * hidden_size // (vocab_size + hidden_size)))
+from .planner import latent_dim_for_reduction  # one rounding rule for the planner and the branch
 
 def resolve_latent_dim(vocab_size:int, # V
                        hidden_size:int, # D

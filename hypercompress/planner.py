@@ -48,8 +48,9 @@ def rank_cap(n_in:int, n_out:int, max_rank_fraction:float) -> int:
 def latent_dim_for_reduction(vocab_size:int, hidden_size:int,
                              embedding_reduction:float, # fraction of the embedding's parameters to remove
                             ) -> int:
-    "Largest r_e whose factorized embedding keeps at most (1 − reduction) of V·D parameters."
-    return max(1, int((1 - embedding_reduction) * vocab_size * hidden_size // (vocab_size + hidden_size)))  # as `blt` rounds
+    "Largest r_e whose factorized embedding keeps at most (1 − reduction) of V·D parameters: ⌊(1 − ρ)·V·D/(V + D)⌋ ≥ 1."
+    if not 0 <= embedding_reduction < 1: raise ValueError(f"embedding_reduction must be in [0, 1), got {embedding_reduction}")
+    return max(1, int((1 - embedding_reduction) * vocab_size * hidden_size // (vocab_size + hidden_size)))  # `blt` uses this same function
 
 # %% ../nbs/10_planner.ipynb #e913cdc6
 @dataclass
