@@ -7,7 +7,8 @@ __all__ = ['KL_DIRECTIONS', 'LORA_ALPHA', 'CACHE_FORMAT', 'kl_loss', 'teacher_to
            'activation_loss', 'layer_map', 'budget_batches', 'counted_mask', 'warmup_steps', 'cosine_lr',
            'TrainingDivergedError', 'DivergenceGuard', 'MetricSinks', 'lora_ranks', 'weight_mask', 'LoraAdapter',
            'LoraAdapters', 'add_lora', 'TeacherCache', 'cache_teacher_topk', 'load_teacher_cache', 'DistillResult',
-           'attention_blocks', 'masked_weights', 'reapply_masks', 'distill', 'plot_curves', 'truncated_copy']
+           'attention_blocks', 'masked_weights', 'reapply_masks', 'shard_step', 'distill', 'plot_curves',
+           'truncated_copy']
 
 # %% ../nbs/20_distill.ipynb #b9edd608
 import copy
@@ -26,7 +27,7 @@ from tqdm import tqdm
 from transformers.pytorch_utils import Conv1D
 
 from .data import TokenChunks
-from .models import is_linear, linear_shape, linear_weight, model_structure
+from .models import is_linear, linear_shape, linear_weight, model_structure, process_state
 from .sparsity import MASK_BUFFER
 
 # %% ../nbs/20_distill.ipynb #7f3e44af
@@ -548,6 +549,37 @@ class _Distiller:
         if self.adapters is not None: self.adapters.merge()
 
 # %% ../nbs/20_distill.ipynb #90d6014f
+def _distributed(state) -> bool: return state.num_processes > 1
+
+def _broadcast(state, tensors:list[Tensor]):
+    "Copy process 0's values of `tensors` to every process (in place)."
+    if not _distributed(state): return
+    import torch.distributed as dist
+    with torch.no_grad():
+        for t in tensors: dist.broadcast(t.data, 0)
+
+def _sum_across(state, tensor:Tensor) -> Tensor:
+    "The sum of `tensor` over processes (itself with one process)."
+    if _distributed(state):
+        import torch.distributed as dist
+        dist.all_reduce(tensor)
+    return tensor
+
+def _sum_gradients(state, parameters:list[Tensor]):
+    "Sum the gradients of `parameters` over processes, in one flat all-reduce."
+    if not _distributed(state): return
+    for p in parameters:
+        if p.grad is None: p.grad = torch.zeros_like(p)  # a process with no window this step contributes zeros
+    flat = _sum_across(state, torch.cat([p.grad.reshape(-1) for p in parameters]))
+    for p, g in zip(parameters, flat.split([p.numel() for p in parameters])): p.grad.copy_(g.view_as(p))
+
+def shard_step(windows:Tensor, # the step's window indices
+               counted:Tensor, # (n_windows, seq_len) counted positions
+               rank:int, world_size:int) -> tuple[Tensor, Tensor]:
+    "This process's part of a step: windows rank, rank + world_size, ..."
+    return windows[rank::world_size], counted[rank::world_size]
+
+# %% ../nbs/20_distill.ipynb #a3924431
 def distill(teacher, # teacher model, a `TeacherCache`, or the path of a cache written by `cache_teacher_topk`
             student:nn.Module, # trained in place; same tokenizer as the teacher
             tokenizer, # the shared tokenizer (used for validation BPB)
@@ -574,12 +606,16 @@ def distill(teacher, # teacher model, a `TeacherCache`, or the path of a cache w
             raise ValueError(f"teacher cache vocabulary {source.vocab_size} differs from the student's {model_structure(student).vocab_size}")
     else: source.eval()
     seq_len, device = train_chunks.input_ids.shape[1], _model_device(student)
+    state = process_state()  # one process, or one of N under `accelerate launch`
+    main = state.is_main_process
+    if not main: log, val_text, progress = (lambda *a, **k: None), None, False  # process 0 reports for all
     plan = list(budget_batches(len(train_chunks), seq_len, settings.batch_size, budget, config.seed))
     warmup = warmup_steps(len(plan))
     eval_seq_len = config.evaluation.seq_len
     val_before = _val_bpb(student, tokenizer, val_text, eval_seq_len, val_max_tokens) if val_text else None
     flags, was_training = {p: p.requires_grad for p in student.parameters()}, student.training
-    sinks = MetricSinks(config.logging, "distill", log, run_config=config.model_dump())
+    logging = config.logging if main else config.logging.model_copy(update=dict(tensorboard=False, enable_wandb=False))
+    sinks = MetricSinks(logging, "distill", log, run_config=config.model_dump())
     curve, tokens, reason, bar, start = [], 0, "token_budget", None, time.perf_counter()
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(config.seed)
@@ -587,25 +623,33 @@ def distill(teacher, # teacher model, a `TeacherCache`, or the path of a cache w
         try:
             trainable = run.trainable()
             parameters = list(trainable.values())
+            _broadcast(state, [*student.state_dict().values(), *parameters])
             optimizer = torch.optim.AdamW(parameters, lr=settings.learning_rate, weight_decay=0.0)
             guard, masked = DivergenceGuard(trainable, warmup, snapshot_every), masked_weights(student)
             log(f"distilling {budget:,} tokens in {len(plan)} steps: loss = " +
                 " + ".join(f"{w:g}·{term}" for term, w in run.weights.items()) +
                 (f"; hierarchical LoRA ranks {run.lora_ranks}" if run.adapters else "; all student parameters") +
-                f" ({sum(p.numel() for p in parameters):,} trainable)")
+                f" ({sum(p.numel() for p in parameters):,} trainable)" +
+                (f"; data-parallel over {state.num_processes} processes" if _distributed(state) else ""))
             student.train()
             bar = tqdm(total=budget, unit="tok", unit_scale=True, desc="distill", disable=not progress)
             for step, (windows, n_tokens, epoch) in enumerate(plan):
                 lr = cosine_lr(step, len(plan), warmup, settings.learning_rate)
                 for group in optimizer.param_groups: group["lr"] = lr
-                ids = train_chunks.input_ids[windows].to(device)
-                counted = counted_mask(len(windows), seq_len, n_tokens).to(device)
-                terms = run.terms(ids, windows, counted)
+                windows, counted = shard_step(windows, counted_mask(len(windows), seq_len, n_tokens),
+                                              state.process_index, state.num_processes)
+                share = counted.sum().item() / n_tokens  # c_r / c: this process's part of the step's tokens
+                ids, counted = train_chunks.input_ids[windows].to(device), counted.to(device)
+                zero = torch.zeros((), device=device)
+                terms = run.terms(ids, windows, counted) if share else {k: zero for k in run.weights}
                 loss = sum(run.weights[k] * v for k, v in terms.items())
-                if (problem := guard.problem(step, loss.item())) is None:
+                # the step's token-weighted mean over processes (the loss itself with one process)
+                values = _sum_across(state, torch.stack([loss.detach(), *(v.detach() for v in terms.values())]).float() * share)
+                if (problem := guard.problem(step, values[0].item())) is None:
                     guard.passed(step)
                     optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
+                    if share: (loss * share).backward()
+                    _sum_gradients(state, parameters)
                     grad_norm = torch.nn.utils.clip_grad_norm_(parameters, 1.0).item()
                     if not math.isfinite(grad_norm): problem = f"the gradient norm is {grad_norm}"
                 if problem is not None:
@@ -618,8 +662,8 @@ def distill(teacher, # teacher model, a `TeacherCache`, or the path of a cache w
                 optimizer.step()
                 reapply_masks(masked)
                 tokens += n_tokens
-                row = dict(step=step, tokens=tokens, epoch=epoch, lr=lr, loss=loss.item(), grad_norm=grad_norm,
-                           **{k: v.item() for k, v in terms.items()})
+                row = dict(step=step, tokens=tokens, epoch=epoch, lr=lr, loss=values[0].item(), grad_norm=grad_norm,
+                           **{k: v.item() for k, v in zip(terms, values[1:])})
                 curve.append(row)
                 sinks.scalars({k: v for k, v in row.items() if k not in ("step", "tokens", "epoch")}, tokens)
                 bar.update(n_tokens)

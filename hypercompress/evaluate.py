@@ -70,7 +70,7 @@ def evaluate_bpb(model, # causal LM
                 tokens=len(ids), bytes=n_bytes, seconds=time.perf_counter() - start)
 
 # %% ../nbs/03_evaluate.ipynb #4f9977a7
-def evaluate_spec(model_spec:str, # model spec understood by `load_model`
+def evaluate_spec(model_spec:str, # model spec understood by `load_model`, or a Hypercompress checkpoint
                   data_spec:str, # data spec understood by `load_text`
                   split:str="val", # 'val', 'train' or 'all'
                   seq_len:int=512, # tokens per window
@@ -79,8 +79,9 @@ def evaluate_spec(model_spec:str, # model spec understood by `load_model`
                   train_fraction:float=0.9, # split point, as in nanoGPT
                  ) -> dict:
     "Load `model_spec`, score it on `split` of `data_spec`; adds the parameter count."
-    from hypercompress.models import count_parameters, load_model
-    model, tokenizer = load_model(model_spec)
+    from hypercompress.models import count_parameters
+    from hypercompress.pipeline import load_any  # at call time: the pipeline module comes later in import order
+    model, tokenizer, _ = load_any(model_spec)  # a compressed checkpoint loads with its own modules
     text = load_text(data_spec)
     text = text if split == "all" else split_text(text, train_fraction)[split]
     result = evaluate_bpb(model, tokenizer, text, seq_len=seq_len, batch_size=batch_size, max_tokens=max_tokens)

@@ -5,10 +5,10 @@
 # %% auto #0
 __all__ = ['BOS_TOKEN', 'EOS_TOKEN', 'TINY_MODELS', 'SMOLLM2_HUB_ID', 'SMOLLM2_GGUF', 'BUILTIN_MODELS', 'ATTENTION_ROLES',
            'MLP_ROLES', 'SIZE_GROUPS', 'byte_tokenizer', 'build_tiny_model', 'ModelLoadError', 'load_model',
-           'is_linear', 'linear_shape', 'linear_weight', 'attention_roles', 'mlp_roles', 'LayerStructure',
-           'ModelStructure', 'model_structure', 'iter_linears', 'count_parameters', 'count_nonzero', 'parameter_bytes',
-           'format_count', 'size_breakdown', 'singular_values', 'effective_rank', 'sample_layers', 'baseline_analysis',
-           'rank_table', 'plot_spectra']
+           'process_state', 'is_linear', 'linear_shape', 'linear_weight', 'attention_roles', 'mlp_roles',
+           'LayerStructure', 'ModelStructure', 'model_structure', 'iter_linears', 'count_parameters', 'count_nonzero',
+           'parameter_bytes', 'format_count', 'size_breakdown', 'singular_values', 'effective_rank', 'sample_layers',
+           'baseline_analysis', 'rank_table', 'plot_spectra']
 
 # %% ../nbs/01_models.ipynb #b7c5e38e
 import copy
@@ -137,6 +137,12 @@ def load_model(spec:str, # tiny name, 'smollm2-135m', path to a .gguf file or HF
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token  # batching needs a pad token; padded positions are masked anyway
     return model.to(device=device, dtype=dtype).eval(), tokenizer
+
+# %% ../nbs/01_models.ipynb #870d97a7
+def process_state():
+    "accelerate's `PartialState`: the device (CUDA when present, else CPU), and rank / world size under `accelerate launch`."
+    from accelerate import PartialState
+    return PartialState(cpu=not torch.cuda.is_available())
 
 # %% ../nbs/01_models.ipynb #3fcfbba3
 def is_linear(module:nn.Module) -> bool:

@@ -22,7 +22,7 @@ from .branches import CompressionState, calibration_ids, run_branches
 from .config import HypercompressConfig, dump_config, load_config
 from .data import load_text, make_chunks, split_text
 from .evaluate import evaluate_bpb
-from .models import count_nonzero, count_parameters, load_model
+from .models import count_nonzero, count_parameters, load_model, process_state
 
 # %% ../nbs/22_pipeline.ipynb #420df0ef
 class PhaseTimer:
@@ -62,14 +62,35 @@ def load_any(spec:str, # model spec for `load_model`, or a Hypercompress checkpo
     return model, tokenizer, {}
 
 # %% ../nbs/22_pipeline.ipynb #be946a44
+def _dense_linear(projection) -> torch.nn.Linear:
+    "The `nn.Linear` computing `projection.up(projection.down(x))`: W = B A, bias of B."
+    up, down = projection.up, projection.down
+    dense = torch.nn.Linear(down.in_features, up.out_features, bias=up.bias is not None,
+                            device=up.weight.device, dtype=up.weight.dtype)
+    with torch.no_grad():
+        dense.weight.copy_(up.weight @ down.weight)
+        if up.bias is not None: dense.bias.copy_(up.bias)
+    return dense
+
+def _dense_attention(model:torch.nn.Module, name:str, latent):
+    "Swap the `LatentKVAttention` at `name` for the model's own attention class with dense k/v projections."
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name)
+    with torch.device("meta"):  # a fresh layer of the model's own class, built without allocating weights
+        attention = getattr(type(parent)(latent.config, latent.layer_idx), child)
+    for key, module in list(attention.named_children()): setattr(attention, key, getattr(latent, key, module))
+    attention.k_proj, attention.v_proj = _dense_linear(latent.k_proj), _dense_linear(latent.v_proj)
+    if any(t.is_meta for t in [*attention.parameters(), *attention.buffers()]):
+        raise ValueError(f"{name}: {type(fresh).__name__} has parts LatentKVAttention does not keep; cannot make it dense")
+    setattr(parent, child, attention)
+
 def densify(model:torch.nn.Module) -> torch.nn.Module:
     "Replace factorized modules by the dense modules computing the same function (in place)."
     from hypercompress.blt import FactorizedEmbedding
     from hypercompress.kv import LatentKVAttention
     from hypercompress.structural import FactorizedLinear
-    if any(isinstance(m, LatentKVAttention) for m in model.modules()):
-        raise ValueError("compressing a student with latent-KV attention again is not supported yet; "
-                         "run the earlier step with branches.kv.enabled=false")
+    for name, module in list(model.named_modules()):
+        if isinstance(module, LatentKVAttention): _dense_attention(model, name, module)
     for name, module in list(model.named_modules()):
         if isinstance(module, FactorizedLinear):
             dense = torch.nn.Linear(module.in_features, module.out_features, bias=module.bias is not None)
@@ -264,8 +285,8 @@ def run_pipeline(config=None, # YAML path, `HypercompressConfig`, or None for th
                  output_dir:str|None=None, # default storage.checkpoint_dir
                  overrides:list[str]|None=None, # `key=value` strings, applied last
                  log=print,
-                ) -> dict:
-    "Plan, compress, distill, fine-tune, save, reload and evaluate; returns the summary (also written as summary.json)."
+                ) -> dict|None:
+    "Plan, compress, distill, fine-tune, save, reload and evaluate; returns the summary (also written as summary.json), or None on processes other than 0 under `accelerate launch`."
     from hypercompress.checkpoint import load as load_saved, save_checkpoint
     from hypercompress.distill import distill
     from hypercompress.finetune import finetune
@@ -274,15 +295,17 @@ def run_pipeline(config=None, # YAML path, `HypercompressConfig`, or None for th
     output_dir = Path(output_dir or config.storage.checkpoint_dir)
     experiment = config.logging.experiment
     torch.manual_seed(config.seed)
+    process = process_state()  # device: CUDA when present; rank and world size under `accelerate launch`
+    if not process.is_main_process: log = lambda *a, **k: None  # process 0 reports for all
     timer, evaluation = PhaseTimer(log), config.evaluation
 
     def val_bpb(model):
-        if not evaluation.run_ppl: return None
+        if not evaluation.run_ppl or not process.is_main_process: return None
         return evaluate_bpb(model, tokenizer, texts["val"], seq_len=evaluation.seq_len, max_tokens=evaluation.max_eval_tokens)["bpb"]
 
     with timer.phase("baseline", "🔍 Baseline analysis..."):
         teacher, tokenizer, origin = load_any(teacher_checkpoint or teacher_model)
-        teacher.eval()
+        teacher.eval().to(process.device)
         base = densify(copy.deepcopy(teacher)) if teacher_checkpoint else teacher
         texts = _texts(config)
         teacher_params = count_parameters(teacher)
@@ -290,6 +313,7 @@ def run_pipeline(config=None, # YAML path, `HypercompressConfig`, or None for th
         log(f"   teacher: {teacher_params:,} parameters, validation BPB {teacher_bpb if teacher_bpb is None else round(teacher_bpb, 4)}")
         if student_model:
             base, base_tokenizer, _ = load_any(student_model)
+            base.to(process.device)
             if len(base_tokenizer) != len(tokenizer):
                 raise ValueError(f"student model {student_model} has a vocabulary of {len(base_tokenizer)}, the teacher "
                                  f"{len(tokenizer)}: distillation here needs the same tokenizer")
@@ -303,6 +327,8 @@ def run_pipeline(config=None, # YAML path, `HypercompressConfig`, or None for th
     chunks = make_chunks(tokenizer, texts["train"], config.data.seq_len, config.data.stride, config.data.max_chunks)
     with timer.phase("distill", "🎓 Distilling knowledge..."):
         distilled = distill(teacher, student, tokenizer, chunks, config, log=log)
+    # Only distillation is data-parallel; process 0 fine-tunes, saves and evaluates, the others are done.
+    if not process.is_main_process: return None
     ft_chunks = make_chunks(tokenizer, texts["finetune_train"], config.data.seq_len, config.data.stride, config.data.max_chunks)
     with timer.phase("finetune", "🔧 Fine-tuning..."):
         tuned = finetune(student, tokenizer, ft_chunks, texts["finetune_dev"], config, log=log)
@@ -315,6 +341,7 @@ def run_pipeline(config=None, # YAML path, `HypercompressConfig`, or None for th
                                       metrics=dict(distill=distilled.to_dict(), finetune=tuned.to_dict()))
         with timer.phase("evaluate", "📊 Evaluating..."):
             saved, _ = load_saved(staging)  # every number below describes the files just written
+            saved.to(process.device)
             student_bpb = val_bpb(saved)
             ablation = ablate(base_model=base, tokenizer=tokenizer, config=config, calibration=calibration,
                               val_text=texts["val"], reference_params=teacher_params, names=list(state.artifacts), log=log) if evaluation.ablation_branches else {}
