@@ -75,6 +75,7 @@ def finetune(model:nn.Module, # trained in place; ends with its best evaluated w
              eval_max_tokens:int|None=None, # cap on validation tokens per evaluation (None = the whole text)
              eval_batch_size:int=4, # windows per validation forward pass
              progress:bool=True, # show a tqdm bar
+             on_evaluation=None, # called as on_evaluation(tokens, val_bpb) after each evaluation; may raise to stop (e.g. Optuna pruning)
             ) -> FinetuneResult:
     "Fine-tune with cross-entropy up to `finetune.max_tokens` tokens, early stopping on val perplexity, best weights restored."
     settings, start = config.finetune, time.perf_counter()
@@ -105,6 +106,7 @@ def finetune(model:nn.Module, # trained in place; ends with its best evaluated w
         stopper.update(result["ppl"])
         log(f"  {tokens:>9,} tokens: val BPB {result['bpb']:.4f} (ppl {result['ppl']:.2f})"
             + (f", train loss {train_loss:.4f}" if train_loss is not None else "") + (" *" if best["tokens"] == tokens else ""))
+        if on_evaluation is not None: on_evaluation(tokens, result["bpb"])
         return stopper.stop
 
     sinks = MetricSinks(config.logging, "finetune", log, run_config=config.model_dump())

@@ -285,6 +285,7 @@ def run_pipeline(config=None, # YAML path, `HypercompressConfig`, or None for th
                  output_dir:str|None=None, # default storage.checkpoint_dir
                  overrides:list[str]|None=None, # `key=value` strings, applied last
                  log=print,
+                 on_evaluation=None, # passed to `finetune`: on_evaluation(tokens, dev_bpb) after each evaluation (e.g. Optuna pruning)
                 ) -> dict|None:
     "Plan, compress, distill, fine-tune, save, reload and evaluate; returns the summary (also written as summary.json), or None on processes other than 0 under `accelerate launch`."
     from hypercompress.checkpoint import load as load_saved, save_checkpoint
@@ -331,7 +332,7 @@ def run_pipeline(config=None, # YAML path, `HypercompressConfig`, or None for th
     if not process.is_main_process: return None
     ft_chunks = make_chunks(tokenizer, texts["finetune_train"], config.data.seq_len, config.data.stride, config.data.max_chunks)
     with timer.phase("finetune", "🔧 Fine-tuning..."):
-        tuned = finetune(student, tokenizer, ft_chunks, texts["finetune_dev"], config, log=log)
+        tuned = finetune(student, tokenizer, ft_chunks, texts["finetune_dev"], config, log=log, on_evaluation=on_evaluation)
 
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{experiment}.staging-", dir=output_dir.parent))
