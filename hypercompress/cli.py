@@ -156,7 +156,11 @@ def _run_check(args):
     return result
 
 # %% ../nbs/24_cli.ipynb #3670b794
-SUBCOMMANDS = [_add_eval, _add_data, _add_plan, _add_run, _add_check]
+def _add_docs(subparsers):
+    from hypercompress.docs import add_docs_command  # the docs module imports only the standard library at the top
+    add_docs_command(subparsers)
+
+SUBCOMMANDS = [_add_eval, _add_data, _add_plan, _add_run, _add_check, _add_docs]
 
 def build_parser() -> argparse.ArgumentParser:
     "The `hypercompress` argument parser with every registered subcommand."
