@@ -260,6 +260,8 @@ class DistillationConfig(ConfigSection):
     batch_size: Integer = Field(8, ge=1)
     top_k: Integer = Field(0, ge=0) # teacher logits cached per token; 0 = the full distribution
     hierarchical_lora: bool = False # train LoRA adapters on the factors rather than the factors
+    student_init: Literal['teacher', 'random'] = 'teacher' # a designed student starts from the teacher's parts (Minitron) or at random
+    teacher_top_k: Integer = Field(64, ge=1) # teacher candidates projected per token when the student's vocabulary differs
 
 class FinetuneConfig(ConfigSection):
     "Fine-tuning after distillation, with early stopping"

@@ -413,16 +413,21 @@ class DistillResult:
     def to_dict(self) -> dict: return asdict(self)
 
 def _teacher_source(teacher):
-    "The teacher model or its cache, from a model, a `TeacherCache` or a cache path."
+    "The teacher model or its cache, from a model, a `TeacherCache` or a cache path (None: no teacher)."
+    if teacher is None: return None
     if isinstance(teacher, (str, os.PathLike)): return load_teacher_cache(teacher)
     if isinstance(teacher, (nn.Module, TeacherCache)): return teacher
     raise TypeError(f"teacher must be a model, a TeacherCache or a cache path, got {type(teacher).__name__}")
 
-def _loss_weights(config, live:bool) -> dict[str, float]:
+def _loss_weights(config, live:bool, teacher:bool=True) -> dict[str, float]:
     "Weight of each term; activation terms without a live teacher are refused with a warning."
     settings, kv = config.distillation, config.branches.kv
     weights = dict(kl=settings.kl_weight, ce=settings.ce_weight, hidden=settings.activation_weight,
                    attention=kv.activation_matching_weight if kv.enabled else 0.0)
+    if not teacher:  # training without a teacher (the from-scratch baseline): cross-entropy only
+        if settings.kl_weight > 0: raise ValueError("no teacher was given but distillation.kl_weight > 0: set it to 0 to "
+                                                    "train on cross-entropy alone")
+        weights.update(hidden=0.0, attention=0.0)
     keys = dict(hidden="distillation.activation_weight", attention="branches.kv.activation_matching_weight")
     for term, key in keys.items():
         if weights[term] > 0 and not live:
@@ -485,7 +490,7 @@ class _Distiller:
         self.settings, self.student = config.distillation, student
         self.cache = source if isinstance(source, TeacherCache) else None
         self.teacher = None if self.cache is not None else source
-        self.weights = _loss_weights(config, live=self.teacher is not None)
+        self.weights = _loss_weights(config, live=self.teacher is not None, teacher=source is not None)
         self.top_k, self.handles, self.extra = self.settings.top_k, [], nn.ModuleDict()  # extra: learned projections
         n_student = len(model_structure(student).layers)
         matched = [term for term in ("hidden", "attention") if term in self.weights]
@@ -522,9 +527,11 @@ class _Distiller:
         terms = {}
         if "ce" in w: terms["ce"] = next_token_cross_entropy(out.logits, ids, counted)
         student_logits = out.logits[counted]
+        if self.cache is None and self.teacher is None: return terms  # no teacher: cross-entropy only
         if self.cache is not None:
-            indices, logprobs, rest = (x.to(ids.device)[counted] for x in self.cache.lookup(windows.cpu()))
-            terms["kl"] = topk_kl_loss(student_logits, indices, logprobs, T, direction, rest)
+            if "kl" in w:
+                indices, logprobs, rest = (x.to(ids.device)[counted] for x in self.cache.lookup(windows.cpu()))
+                terms["kl"] = topk_kl_loss(student_logits, indices, logprobs, T, direction, rest)
             return terms
         with torch.no_grad(): teacher_out = self.teacher(input_ids=ids, output_hidden_states=hidden, use_cache=False)
         if "kl" in w:
@@ -580,7 +587,7 @@ def shard_step(windows:Tensor, # the step's window indices
     return windows[rank::world_size], counted[rank::world_size]
 
 # %% ../nbs/20_distill.ipynb #a3924431
-def distill(teacher, # teacher model, a `TeacherCache`, or the path of a cache written by `cache_teacher_topk`
+def distill(teacher, # teacher model, a `TeacherCache`, the path of a cache written by `cache_teacher_topk`, or None (CE only)
             student:nn.Module, # trained in place; same tokenizer as the teacher
             tokenizer, # the shared tokenizer (used for validation BPB)
             train_chunks:TokenChunks, # training windows
@@ -604,7 +611,7 @@ def distill(teacher, # teacher model, a `TeacherCache`, or the path of a cache w
         _check_cache(source, train_chunks, settings.temperature)
         if source.vocab_size != model_structure(student).vocab_size:
             raise ValueError(f"teacher cache vocabulary {source.vocab_size} differs from the student's {model_structure(student).vocab_size}")
-    else: source.eval()
+    elif source is not None: source.eval()
     seq_len, device = train_chunks.input_ids.shape[1], _model_device(student)
     state = process_state()  # one process, or one of N under `accelerate launch`
     main = state.is_main_process

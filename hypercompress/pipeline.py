@@ -81,7 +81,7 @@ def _dense_attention(model:torch.nn.Module, name:str, latent):
     for key, module in list(attention.named_children()): setattr(attention, key, getattr(latent, key, module))
     attention.k_proj, attention.v_proj = _dense_linear(latent.k_proj), _dense_linear(latent.v_proj)
     if any(t.is_meta for t in [*attention.parameters(), *attention.buffers()]):
-        raise ValueError(f"{name}: {type(fresh).__name__} has parts LatentKVAttention does not keep; cannot make it dense")
+        raise ValueError(f"{name}: {type(attention).__name__} has parts LatentKVAttention does not keep; cannot make it dense")
     setattr(parent, child, attention)
 
 def densify(model:torch.nn.Module) -> torch.nn.Module:
@@ -126,6 +126,7 @@ def compress(model, # the model to compress (copied, never changed)
              reference_params:int|None=None, # plan so the result is reference_params / ratio (default: the model's own count)
              log=print,
              timer:PhaseTimer|None=None,
+             stop_when_infeasible:bool=False, # return (None, plan, None) at once when the plan cannot reach the target
             ) -> tuple:
     "(compressed model, plan, state): plan → branches → merge → structural, on a copy of `model`."
     from hypercompress.merge import merge_proposals
@@ -140,6 +141,7 @@ def compress(model, # the model to compress (copied, never changed)
     with timer.phase("plan", "📐 Planning budgets..."):
         plan = make_plan(student, config, calibration=calibration, verbose=True)
         for reason in plan.reasons: log(f"   {reason}")
+    if stop_when_infeasible and not plan.feasible: return None, plan, None
     state = CompressionState(model=student, tokenizer=tokenizer, config=config, plan=plan, calibration=calibration,
                              verbose=True)
     state.log = lambda message, _state=state: (_state.messages.append(message), log(message))
@@ -300,9 +302,9 @@ def run_pipeline(config=None, # YAML path, `HypercompressConfig`, or None for th
     if not process.is_main_process: log = lambda *a, **k: None  # process 0 reports for all
     timer, evaluation = PhaseTimer(log), config.evaluation
 
-    def val_bpb(model):
+    def val_bpb(model, model_tokenizer=None):
         if not evaluation.run_ppl or not process.is_main_process: return None
-        return evaluate_bpb(model, tokenizer, texts["val"], seq_len=evaluation.seq_len, max_tokens=evaluation.max_eval_tokens)["bpb"]
+        return evaluate_bpb(model, model_tokenizer or tokenizer, texts["val"], seq_len=evaluation.seq_len, max_tokens=evaluation.max_eval_tokens)["bpb"]
 
     with timer.phase("baseline", "🔍 Baseline analysis..."):
         teacher, tokenizer, origin = load_any(teacher_checkpoint or teacher_model)
@@ -320,35 +322,50 @@ def run_pipeline(config=None, # YAML path, `HypercompressConfig`, or None for th
                                  f"{len(tokenizer)}: distillation here needs the same tokenizer")
         calibration = calibration_ids(tokenizer, texts["train"], n_sequences=16, seq_len=min(config.data.seq_len, 256), seed=config.seed)
 
-    student, plan, state = compress(base, tokenizer, config, calibration, reference_params=teacher_params, log=log, timer=timer)
-    if not plan.feasible:
-        raise TargetNotReachableError(f"target {config.targets.compression_ratio:g}x is not reachable: " + "; ".join(plan.reasons))
-    log(f"   compressed: {count_parameters(student):,} parameters ({teacher_params / count_parameters(student):.2f}x, counted)")
+    # The teacher's own architecture first; when no plan of it reaches the target (or mode is distill-only), a
+    # smaller student is designed instead (`hypercompress.student_pipeline`, nbs/33).
+    designed, reasons = config.mode == "distill-only", ["mode is distill-only"]
+    if not designed:
+        student, plan, state = compress(base, tokenizer, config, calibration, reference_params=teacher_params, log=log,
+                                        timer=timer, stop_when_infeasible=True)
+        designed, reasons = not plan.feasible, plan.reasons
+        if designed: log("   the teacher's architecture cannot reach the target: designing a smaller student instead")
+    vocab, student_tokenizer, artifacts = None, tokenizer, {} if designed else state.artifacts
+    if designed:
+        from hypercompress.student_pipeline import distill_student, planned_student  # a later module, built on this one
+        with timer.phase("student", "🧬 Designing a student..."):
+            student, student_tokenizer, vocab, plan = planned_student(teacher, tokenizer, config, calibration, teacher_params,
+                                                                      reasons, log=log)
+    log(f"   {'designed' if designed else 'compressed'}: {count_parameters(student):,} parameters "
+        f"({teacher_params / count_parameters(student):.2f}x, counted)")
 
-    chunks = make_chunks(tokenizer, texts["train"], config.data.seq_len, config.data.stride, config.data.max_chunks)
     with timer.phase("distill", "🎓 Distilling knowledge..."):
-        distilled = distill(teacher, student, tokenizer, chunks, config, log=log)
+        if designed: distilled = distill_student(teacher, tokenizer, vocab, student, texts["train"], config, log=log)
+        else:
+            chunks = make_chunks(tokenizer, texts["train"], config.data.seq_len, config.data.stride, config.data.max_chunks)
+            distilled = distill(teacher, student, tokenizer, chunks, config, log=log)
     # Only distillation is data-parallel; process 0 fine-tunes, saves and evaluates, the others are done.
     if not process.is_main_process: return None
-    ft_chunks = make_chunks(tokenizer, texts["finetune_train"], config.data.seq_len, config.data.stride, config.data.max_chunks)
+    ft_chunks = make_chunks(student_tokenizer, texts["finetune_train"], config.data.seq_len, config.data.stride, config.data.max_chunks)
     with timer.phase("finetune", "🔧 Fine-tuning..."):
-        tuned = finetune(student, tokenizer, ft_chunks, texts["finetune_dev"], config, log=log, on_evaluation=on_evaluation)
+        tuned = finetune(student, student_tokenizer, ft_chunks, texts["finetune_dev"], config, log=log, on_evaluation=on_evaluation)
 
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{experiment}.staging-", dir=output_dir.parent))
     try:
         with timer.phase("save", "💾 Saving checkpoint..."):
-            written = save_checkpoint(student, tokenizer, staging, config=config, plan=plan, experiment=experiment,
+            written = save_checkpoint(student, student_tokenizer, staging, config=config, plan=plan, experiment=experiment,
                                       metrics=dict(distill=distilled.to_dict(), finetune=tuned.to_dict()))
         with timer.phase("evaluate", "📊 Evaluating..."):
             saved, _ = load_saved(staging)  # every number below describes the files just written
             saved.to(process.device)
-            student_bpb = val_bpb(saved)
+            student_bpb = val_bpb(saved, student_tokenizer)
             ablation = ablate(base_model=base, tokenizer=tokenizer, config=config, calibration=calibration,
-                              val_text=texts["val"], reference_params=teacher_params, names=list(state.artifacts), log=log) if evaluation.ablation_branches else {}
-            benchmarks = run_lm_eval(saved, tokenizer, evaluation)
+                              val_text=texts["val"], reference_params=teacher_params, names=list(artifacts), log=log) if evaluation.ablation_branches and not designed else {}
+            if designed and evaluation.ablation_branches: log("   ablation skipped: a designed student has no compression branches")
+            benchmarks = run_lm_eval(saved, student_tokenizer, evaluation)
         summary = summarize(teacher_params=teacher_params, student_model=saved, weight_file_bytes=written["storage_bytes"],
-                            teacher_bpb=teacher_bpb, student_bpb=student_bpb, artifacts=state.artifacts,
+                            teacher_bpb=teacher_bpb, student_bpb=student_bpb, artifacts=artifacts,
                             tokens=dict(distill=distilled.tokens, finetune=tuned.tokens), phases=timer.seconds,
                             config=config, plan=plan, origin=origin,
                             extra=dict(ablation=ablation, benchmarks=benchmarks, files=written.get("files", {}),

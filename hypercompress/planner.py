@@ -285,7 +285,7 @@ def _infeasible_reasons(model, config, teacher, budget, minimum, ratio) -> list[
         f"({per_layer:,} each), " + (f"an untied head at rank 1 {format_count(minimum['head'])}, " if minimum["head"] else "")
         + f"and what is kept as it is (norms, biases, position embeddings) {format_count(minimum['kept'])}",
         f"the highest reachable ratio by compressing this architecture is {teacher / minimum['total']:.1f}x",
-        "to reach the target: a smaller student architecture (fewer or narrower layers; planned in a later issue), "
+        "to reach the target: a smaller student architecture (fewer or narrower layers: `hypercompress run` designs one, see nbs/33_student_pipeline), "
         "or a smaller vocabulary (branches.blt.vocab='bytes' or 'bpe' with vocab_size)",
     ]
     if minimum["embedding"] > budget: reasons.append(f"the embedding alone at rank 1 ({minimum['embedding']:,}) exceeds the budget")

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from .models import count_parameters, format_count, model_structure
+from .models import format_count, model_structure
 from .planner import dense_parameters, embedding_parameters
 
 # %% ../nbs/30_student.ipynb #b106ea91

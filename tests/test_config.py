@@ -52,10 +52,9 @@ def test_1000x_targets():
     config = load_config(CONFIGS / '1000x.yaml')
     assert config.targets.compression_ratio == 1000
     assert config.targets.retained_accuracy == 0.75
-    assert config.targets.max_rank_fraction == 0.02
-    assert config.branches.blt.vocab == 'bytes'
-    assert config.distillation.hierarchical_lora is False
-    assert config.distillation.learning_rate == pytest.approx(5e-5)
+    assert config.branches.blt.enabled and config.branches.blt.vocab == 'bytes'
+    assert config.distillation.student_init == 'teacher'
+    assert config.distillation.learning_rate == pytest.approx(3e-3)
 
 
 def test_defaults():

@@ -1,0 +1,70 @@
+"Designed students end to end through `hypercompress run`: same vocabulary, byte vocabulary (cross-vocabulary distillation), from scratch."
+import json
+
+import pytest
+import torch
+
+from test_pipeline import FAST, SAMPLE, hypercompress
+
+
+@pytest.fixture(scope="module")
+def bpe_teacher(tmp_path_factory):
+    "A tiny Llama whose tokenizer is a byte-level BPE (as SmolLM2's), saved as a Hugging Face folder."
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from hypercompress.vocab import train_byte_level_bpe
+    folder = tmp_path_factory.mktemp("bpe-teacher")
+    tokenizer = train_byte_level_bpe(SAMPLE, 320)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+                                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id))
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    (folder.parent / "corpus.txt").write_text(SAMPLE)
+    return folder
+
+
+def designed_run(teacher, out, corpus, *extra):
+    sets = [a for s in FAST + ["evaluation.ablation_branches=true", *extra] for a in ("--set", s)]
+    return hypercompress("run", "--teacher-model", str(teacher), "--distill-data", str(corpus), "--seq-len", "32",
+                         "--output-dir", str(out), *sets, "--json", cwd=out.parent)
+
+
+@pytest.mark.parametrize("vocab", ["teacher", "bytes"])
+def test_designed_student_run_and_reload(vocab, bpe_teacher, tmp_path):
+    from hypercompress.checkpoint import load
+    from hypercompress.models import count_parameters
+    out = tmp_path / f"run-{vocab}"
+    result = designed_run(bpe_teacher, out, bpe_teacher.parent / "corpus.txt", "mode=distill-only",
+                          "targets.compression_ratio=6", "branches.blt.enabled=true", f"branches.blt.vocab={vocab}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "🧬 Designing a student..." in result.stdout and "ablation skipped" in result.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    model, tokenizer = load(out / "hf")
+    assert summary["student_params"] == count_parameters(model) <= summary["teacher_params"] // 6
+    assert summary["plan"]["kind"] == "designed_student" and summary["plan"]["vocabulary"] == vocab
+    assert summary["tokens"]["distill"] == 1024 and summary["branches"] == {}
+    assert (len(tokenizer) < 280) == (vocab == "bytes")  # the byte vocabulary: 256 bytes + special tokens
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    plain = AutoModelForCausalLM.from_pretrained(out / "hf").eval()  # a designed student is a plain Llama
+    assert count_parameters(plain) == summary["student_params"]
+    assert AutoTokenizer.from_pretrained(out / "hf")("Speak, speak.").input_ids == tokenizer("Speak, speak.").input_ids
+
+
+def test_from_scratch_baseline_needs_no_teacher_pass(bpe_teacher, tmp_path):
+    out = tmp_path / "scratch"
+    result = designed_run(bpe_teacher, out, bpe_teacher.parent / "corpus.txt", "mode=distill-only", "targets.compression_ratio=6",
+                          "branches.blt.enabled=true", "branches.blt.vocab=bytes", "distillation.student_init=random",
+                          "distillation.kl_weight=0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "cross-entropy only" in result.stdout and "projected" not in result.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["plan"]["init"] == "random" and summary["tokens"]["distill"] == 1024
+
+
+def test_infeasible_target_names_the_vocabulary(bpe_teacher, tmp_path):
+    out = tmp_path / "too-far"
+    result = designed_run(bpe_teacher, out, bpe_teacher.parent / "corpus.txt", "targets.compression_ratio=5000")
+    assert result.returncode == 2 and "not reachable" in result.stderr and "vocabulary" in result.stderr
+    assert not out.exists()
