@@ -6,9 +6,9 @@
 __all__ = ['KL_DIRECTIONS', 'LORA_ALPHA', 'CACHE_FORMAT', 'kl_loss', 'teacher_topk', 'topk_kl_loss', 'next_token_cross_entropy',
            'activation_loss', 'layer_map', 'budget_batches', 'counted_mask', 'warmup_steps', 'cosine_lr',
            'TrainingDivergedError', 'DivergenceGuard', 'MetricSinks', 'lora_ranks', 'weight_mask', 'LoraAdapter',
-           'LoraAdapters', 'add_lora', 'TeacherCache', 'cache_teacher_topk', 'load_teacher_cache', 'DistillResult',
-           'attention_blocks', 'masked_weights', 'reapply_masks', 'shard_step', 'distill', 'plot_curves',
-           'truncated_copy']
+           'LoraAdapters', 'add_lora', 'TeacherCache', 'cache_teacher_topk', 'save_teacher_cache', 'load_teacher_cache',
+           'DistillResult', 'attention_blocks', 'masked_weights', 'reapply_masks', 'shard_step', 'distill',
+           'plot_curves', 'truncated_copy']
 
 # %% ../nbs/20_distill.ipynb #b9edd608
 import copy
@@ -344,7 +344,6 @@ def cache_teacher_topk(teacher:nn.Module, # causal LM
                        progress:bool=True,
                       ) -> Path:
     "Run the teacher once over `chunks` and save its top-k log-probabilities (safetensors); returns the path."
-    from safetensors.torch import save_file
     path, device, was_training = Path(path), _model_device(teacher), teacher.training
     teacher.eval()
     parts = []
@@ -359,6 +358,15 @@ def cache_teacher_topk(teacher:nn.Module, # causal LM
     tensors = dict(input_ids=chunks.input_ids.to(torch.int32).contiguous(), indices=indices.to(torch.int32).contiguous(),
                    logprobs=logprobs.to(torch.float16).contiguous(), rest_logprobs=rest.float().contiguous())
     metadata = dict(format=CACHE_FORMAT, temperature=repr(float(temperature)), vocab_size=str(logits.shape[-1]))
+    return save_teacher_cache(tensors, metadata, path)
+
+def save_teacher_cache(tensors:dict[str, Tensor], # input_ids, indices, logprobs, rest_logprobs
+                       metadata:dict[str, str], # format, temperature, vocab_size (and anything else, as text)
+                       path:str|os.PathLike, # the safetensors file
+                      ) -> Path:
+    "Write a teacher cache atomically (a temporary file, then a rename): a failed write leaves no file behind."
+    from safetensors.torch import save_file
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(descriptor)

@@ -9,7 +9,6 @@ __all__ = ['LOG_FLOOR', 'SpellingTable', 'spelling_table', 'project_next_symbol'
 # %% ../nbs/32_xvocab_distill.ipynb #d30ce21b
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from .data import DataError, TokenChunks, text_bytes
-from .distill import CACHE_FORMAT
+from .distill import CACHE_FORMAT, save_teacher_cache
 from .evaluate import prefix_token_id
 from .vocab import StudentVocab, check_refinement, teacher_segmentations
 
@@ -133,20 +132,6 @@ def teacher_candidates(teacher, # the teacher causal LM
     finally: teacher.train(was_training)
     return torch.cat(ids), torch.cat(probs)
 
-def _save_cache(tensors:dict[str, Tensor], metadata:dict[str, str], path:Path) -> Path:
-    "Write a safetensors file atomically (a temporary file, then a rename)."
-    from safetensors.torch import save_file
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(descriptor)
-    try:
-        save_file(tensors, temporary, metadata=metadata)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
-
 def cache_xvocab_targets(teacher, # the teacher causal LM
                          teacher_tokenizer, # its byte-level BPE tokenizer
                          student_vocab:StudentVocab, # from `hypercompress.vocab` (cut from `teacher_tokenizer`)
@@ -181,5 +166,5 @@ def cache_xvocab_targets(teacher, # the teacher causal LM
     metadata = dict(format=CACHE_FORMAT, temperature=repr(float(temperature)), vocab_size=str(len(student_vocab)),
                     projection=json.dumps(dict(kind=student_vocab.kind, n_merges=student_vocab.n_merges,
                                                teacher_top_k=teacher_top_k, teacher_seq_len=teacher_seq_len)))
-    path = _save_cache({name: t.contiguous() for name, t in tensors.items()}, metadata, Path(path))
+    path = save_teacher_cache({name: t.contiguous() for name, t in tensors.items()}, metadata, path)
     return TokenChunks(windows.contiguous(), tokens=len(student_ids), bytes=text_bytes(text)), path
