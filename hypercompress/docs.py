@@ -258,6 +258,13 @@ def _exporter():
     "nbconvert's HTML exporter with the cell template above and no prompts."
     import jinja2
     from nbconvert import HTMLExporter
+    import os
+    import sys
+    # nbconvert's templates live under <prefix>/share/jupyter; in a virtual environment that reuses the system's
+    # packages they sit under the base prefix, which jupyter's search path leaves out: add it (JUPYTER_PATH)
+    shared = str(Path(sys.base_prefix) / "share" / "jupyter")
+    paths = [p for p in os.environ.get("JUPYTER_PATH", "").split(os.pathsep) if p]
+    if shared not in paths: os.environ["JUPYTER_PATH"] = os.pathsep.join(paths + [shared])
     return HTMLExporter(template_name="lab", template_file="hypercompress_cells.html.j2",
                         extra_loaders=[jinja2.DictLoader({"hypercompress_cells.html.j2": _CELLS_TEMPLATE})],
                         exclude_input_prompt=True, exclude_output_prompt=True)
