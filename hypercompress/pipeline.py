@@ -344,7 +344,12 @@ def run_pipeline(config=None, # YAML path, `HypercompressConfig`, or None for th
         else:
             chunks = make_chunks(tokenizer, texts["train"], config.data.seq_len, config.data.stride, config.data.max_chunks)
             distilled = distill(teacher, student, tokenizer, chunks, config, log=log)
-    # Only distillation is data-parallel; process 0 fine-tunes, saves and evaluates, the others are done.
+    # Only distillation is data-parallel; process 0 fine-tunes, saves and evaluates, the others are done. Every rank
+    # closes the process group first: a rank that exits with gloo's threads still running aborts ("terminate called
+    # without an active exception") and takes the launcher down with it.
+    if process.num_processes > 1 and torch.distributed.is_initialized():
+        process.wait_for_everyone()
+        torch.distributed.destroy_process_group()
     if not process.is_main_process: return None
     ft_chunks = make_chunks(student_tokenizer, texts["finetune_train"], config.data.seq_len, config.data.stride, config.data.max_chunks)
     with timer.phase("finetune", "🔧 Fine-tuning..."):
