@@ -160,7 +160,11 @@ def _add_docs(subparsers):
     from hypercompress.docs import add_docs_command  # the docs module imports only the standard library at the top
     add_docs_command(subparsers)
 
-SUBCOMMANDS = [_add_eval, _add_data, _add_plan, _add_run, _add_check, _add_docs]
+def _add_search(subparsers):
+    from hypercompress.search import add_search_command  # optuna and the pipeline are imported when a sweep runs
+    add_search_command(subparsers)
+
+SUBCOMMANDS = [_add_eval, _add_data, _add_plan, _add_run, _add_check, _add_search, _add_docs]
 
 def build_parser() -> argparse.ArgumentParser:
     "The `hypercompress` argument parser with every registered subcommand."
