@@ -203,3 +203,18 @@ def test_cli_search(tmp_path, corpus):
     written = sorted((folder / "best").glob("size-le-*.yaml"))
     assert len(written) == len(rows) and all(load_config(p).data.distill == str(corpus) for p in written)
     assert type(study.sampler).__name__ == "NSGAIISampler"
+
+
+def test_console_script_search(tmp_path, corpus):
+    "`hypercompress search` end to end through the installed console script, and bad input as one clear line."
+    import shutil
+    import subprocess
+    exe = shutil.which("hypercompress") or pytest.skip("console script not installed")
+    common = ["search", "--teacher-model", "tiny-llama", "--distill-data", str(corpus), "--trials", "1", "--study", "cli",
+              "--trial-tokens", "128", "--out", str(tmp_path / "sweeps"),
+              *[a for s in [*BASE, f"logging.log_dir={tmp_path}/logs"] for a in ("--set", s)]]
+    done = subprocess.run([exe, *common], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "1 trials in study 'cli'" in done.stdout and (tmp_path / "sweeps" / "cli" / "pareto.json").is_file()
+    bad = subprocess.run([exe, *common, "--set", "distillation.kl_wieght=1"], capture_output=True, text=True, cwd=tmp_path)
+    assert bad.returncode == 2 and "did you mean 'kl_weight'" in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
