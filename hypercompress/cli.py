@@ -164,7 +164,19 @@ def _add_search(subparsers):
     from hypercompress.search import add_search_command  # optuna and the pipeline are imported when a sweep runs
     add_search_command(subparsers)
 
-SUBCOMMANDS = [_add_eval, _add_data, _add_plan, _add_run, _add_check, _add_search, _add_docs]
+def _add_bench(subparsers):
+    p = subparsers.add_parser("bench", help="quality and speed against the baselines, measured in one run (nbs/90_benchmarks)")
+    p.add_argument("--teacher-model", default="smollm2-135m", help="model spec of the teacher")
+    p.add_argument("--data", default="tinyshakespeare", help="data spec: first 90%% trains, last 10%% validates")
+    p.add_argument("--quick", action="store_true", help="small budgets: within 10 minutes on 2 CPU cores")
+    p.add_argument("--out", default="benchmarks", help="folder of results.json, results.md and bpb_vs_bytes.png")
+    p.set_defaults(func=_run_bench)
+
+def _run_bench(args):
+    from hypercompress.bench import results_markdown, run_bench  # torch and the pipeline are imported when it runs
+    print(results_markdown(run_bench(args.teacher_model, args.data, quick=args.quick, out=args.out)))
+
+SUBCOMMANDS = [_add_eval, _add_data, _add_plan, _add_run, _add_check, _add_search, _add_bench, _add_docs]
 
 def build_parser() -> argparse.ArgumentParser:
     "The `hypercompress` argument parser with every registered subcommand."

@@ -47,9 +47,10 @@ def _is_checkpoint(path:Path) -> bool:
         except ValueError: return True  # unreadable: let the checkpoint loader name the broken file
     return path.is_dir() and any(path.glob("*.pt"))
 
-def load_any(spec:str, # model spec for `load_model`, or a Hypercompress checkpoint path
+def load_any(spec, # model spec for `load_model`, a Hypercompress checkpoint path, or a loaded (model, tokenizer)
             ) -> tuple:
     "(model, tokenizer, origin) where origin holds the original teacher's parameter count when known."
+    if isinstance(spec, tuple): return spec[0], spec[1], {}  # already in memory (benchmarks reuse one loaded teacher)
     path = Path(str(spec)).expanduser()
     if path.exists() and _is_checkpoint(path):
         from hypercompress.checkpoint import load
@@ -278,7 +279,7 @@ def _texts(config:HypercompressConfig) -> dict:
 # %% ../nbs/22_pipeline.ipynb #6aa964d5
 def run_pipeline(config=None, # YAML path, `HypercompressConfig`, or None for the defaults
                  *,
-                 teacher_model:str="smollm2-135m", # model spec of the teacher
+                 teacher_model="smollm2-135m", # model spec of the teacher, or a loaded (model, tokenizer)
                  student_model:str|None=None, # start compression from this (smaller) model instead of the teacher
                  teacher_checkpoint:str|None=None, # an earlier run's output used as the teacher (iterative compression)
                  distill_data:str|None=None, finetune_data:str|None=None, # data specs (override data.distill / data.finetune)
