@@ -254,10 +254,11 @@ def _grams_for(model, candidates, calibration, grams):
     if grams is None: return {}
     return {name: (g["H"] if isinstance(g, dict) else g) for name, g in grams.items()}
 
-def _measure(model, candidates, grams:dict):
-    "Fill each candidate's normalized spectrum (whitened when its Gram is known)."
+def _measure(model, candidates, grams:dict, spectra:dict|None=None):
+    "Fill each candidate's normalized spectrum (given in `spectra`, or measured: whitened when its Gram is known)."
     modules, factors = dict(model.named_modules()), {}
     for c in candidates:
+        if spectra and c.name in spectra: c.energy = spectra[c.name]; continue
         if c.role == "embedding": c.energy = spectrum_energy(modules[c.name].weight); continue
         H = grams.get(c.name)
         if H is not None and id(H) not in factors: factors[id(H)] = _cholesky_factor(H)  # q/k/v share one input
@@ -296,6 +297,7 @@ def plan(model:nn.Module, # the teacher, before any branch changed it
          config=None, # `HypercompressConfig`, a YAML path, or None for the defaults
          calibration:Tensor|None=None, # (n_sequences, seq_len) token ids: whitened sensitivity (if branches.lra.whitening)
          grams:dict|None=None, # precomputed {module: {'H': XᵀX}} (wins over `calibration`)
+         spectra:dict|None=None, # precomputed {module: normalized σ² descending, `spectrum_energy`}: a model too large to hold is measured layer by layer
          verbose:bool=True, # print the one-line summary
         ) -> Plan:
     "Budgets that meet `targets.compression_ratio` as closely as possible, allocated from measured sensitivity."
@@ -330,7 +332,8 @@ def plan(model:nn.Module, # the teacher, before any branch changed it
                              f"above the budget; without them this architecture reaches {teacher / minimum['total']:.1f}x")
     else:
         whitening = grams is not None or (calibration is not None and config.branches.lra.whitening)
-        _measure(model, free, _grams_for(model, free, calibration if whitening else None, grams))
+        missing = [c for c in free if not spectra or c.name not in spectra]
+        _measure(model, free, _grams_for(model, missing, calibration if whitening else None, grams), spectra)
         ranks, dense, _ = water_fill([c.energy for c in free], [c.rank_cost for c in free], [c.cap for c in free],
                                      [c.params - c.cost(c.cap) for c in free], budget - floor,
                                      weights=[c.n_in * c.n_out / 1e6 for c in free])  # w_m: dense size
