@@ -326,13 +326,17 @@ class BenchSettings:
     generate_tokens:int=128
     cache_tokens:int=8_192 # distillation throughput with and without cached teacher targets
     svd_rank_fraction:float=0.25 # rank of the SVD timings, as a fraction of min(out, in)
+    svd_whitened:bool=True # also time the whitened (SVD-LLM) variants and their Gram matrices
+    overrides:tuple=() # config overrides of every hypercompress run (e.g. cheaper branches for --quick)
     scale_sizes:tuple=("0.1B", "0.5B", "1B") # random Llamas compressed layer by layer (`SCALE_SHAPES`)
     scale_ratio:float=10
 
 FULL = BenchSettings()
-QUICK = BenchSettings(ratios=(10, 1000), eval_tokens=8_192, distill_tokens=2_048, finetune_tokens=0,
+QUICK = BenchSettings(ratios=(10, 1000), eval_tokens=4_096, distill_tokens=2_048, finetune_tokens=0,
                       designed_distill_tokens=200_000, designed_finetune_tokens=0, calibration_sequences=4,
-                      teacher_finetune_tokens=None, speed_repeats=1, generate_tokens=32, cache_tokens=1_024, scale_sizes=("0.1B",))
+                      teacher_finetune_tokens=None, speed_repeats=1, generate_tokens=32, cache_tokens=1_024,
+                      svd_whitened=False, scale_sizes=("0.1B",),
+                      overrides=("branches.lra.whitening=false", "branches.sparsity.enabled=false"))
 
 # %% ../nbs/90_benchmarks.ipynb #1d0e932b
 DESIGNED = ["branches.blt.enabled=true", "branches.blt.vocab=bytes", "distillation.learning_rate=3e-3",
@@ -352,7 +356,7 @@ def run_overrides(ratio:float, settings:BenchSettings, designed:bool, train:bool
             f"evaluation.max_eval_tokens={settings.eval_tokens if settings.eval_tokens else 'null'}",
             f"distillation.enabled={str(train and distill_tokens > 0).lower()}", f"distillation.token_budget={max(distill_tokens, 1)}",
             f"finetune.enabled={str(train and finetune_tokens > 0).lower()}", f"finetune.max_tokens={max(finetune_tokens, 1)}",
-            *(DESIGNED if designed else [])]
+            *settings.overrides, *(DESIGNED if designed else [])]
 
 # %% ../nbs/90_benchmarks.ipynb #4734dc2c
 def _bpb(model, tokenizer, text:str, settings:BenchSettings) -> float:
@@ -449,7 +453,7 @@ def speed_results(teacher, tokenizer, train:str, val:str, summaries:dict, settin
     result = dict(phases={f"{ratio}x": summary["phases"] for ratio, summary in summaries.items()})
     log("SVD timings...")
     calibration = calibration_ids(tokenizer, train, settings.calibration_sequences, settings.seq_len)
-    result["svd"] = svd_timings(teacher, settings.svd_rank_fraction, calibration)
+    result["svd"] = svd_timings(teacher, settings.svd_rank_fraction, calibration if settings.svd_whitened else None)
     branch = [ratio for ratio in summaries if ratio <= reachable_ratio(teacher)]
     if branch:  # cached teacher targets need the teacher's vocabulary: a student of the teacher's architecture
         log("distillation throughput...")
@@ -498,7 +502,9 @@ def results_markdown(results:dict) -> str:
              f"in {results['seconds'] / 60:.1f} minutes: teacher `{results['teacher_model']}` ({t['params']:,} parameters, "
              f"{t['storage_bytes']:,} bytes stored), data `{results['data']}`, validation BPB on "
              f"{'every' if results['settings']['eval_tokens'] is None else format(results['settings']['eval_tokens'], ',')} "
-             f"validation tokens: teacher **{t['bpb']:.4f}**.", "", "## Quality", "",
+             f"validation tokens: teacher **{t['bpb']:.4f}**."
+             + (f" Every hypercompress run with `{' '.join(results['settings']['overrides'])}`." if results['settings']['overrides'] else ""),
+             "", "## Quality", "",
              "| ratio | method | params | nonzeros | stored bytes | BPB | retained | seconds | note |",
              "|---:|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in results["quality"]:
