@@ -286,9 +286,25 @@ def compress_layerwise(model_config, # a LlamaConfig (tied embeddings)
     return model, the_plan, seconds
 
 # %% ../nbs/90_benchmarks.ipynb #294d60cd
+def _peak_rss_reset() -> bool:
+    "Reset this process's peak-RSS mark (Linux `clear_refs` 5): a child started by fork and exec inherits its parent's."
+    try:
+        with open("/proc/self/clear_refs", "w") as f: f.write("5")
+        return True
+    except OSError: return False
+
+def _peak_rss_bytes() -> int:
+    "This process's peak resident memory since the last reset (VmHWM), else ru_maxrss."
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"): return int(line.split()[1]) * 1024
+    except OSError: pass
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
 def _scale_child(size:str, ratio:float) -> dict:
     "Run in a child process: one size, compressed layer by layer; what `scale_point` reports."
-    import resource
+    reset = _peak_rss_reset()  # ru_maxrss survives exec: without the reset the parent's peak would be reported
     config = scale_config(size)
     with torch.device("meta"):
         from transformers import AutoModelForCausalLM
@@ -297,7 +313,7 @@ def _scale_child(size:str, ratio:float) -> dict:
     with torch.no_grad(): finite = bool(torch.isfinite(model(torch.arange(8)[None]).logits).all())
     return dict(size=size, ratio=ratio, params=params, compressed_params=count_parameters(model),
                 planned_params=the_plan.predicted_params, seconds=seconds, finite_logits=finite,
-                peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+                peak_rss_bytes=_peak_rss_bytes(), peak_rss_own=reset)
 
 def scale_point(size:str, ratio:float=10, timeout:float|None=None) -> dict:
     "Compress a random Llama of `size` layer by layer in a fresh process: parameters, seconds, peak RSS."
