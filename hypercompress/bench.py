@@ -422,12 +422,12 @@ def quality_rows(teacher, tokenizer, train:str, val:str, teacher_bpb:float, data
         config = load_config(None, run_overrides(ratio, settings, designed))
         log(f"{ratio}x: budget {budget:,} parameters; " + ("a designed student" if designed else "the teacher's architecture"))
         summary, seconds = _timed(lambda: run_pipeline(None, teacher_model=(teacher, tokenizer), distill_data=data,
-                                                       output_dir=str(work / f"{ratio}x"), log=quiet,
+                                                       output_dir=str(work / f"{ratio}x"), log=quiet, teacher_bpb=teacher_bpb,
                                                        overrides=run_overrides(ratio, settings, designed)))
         summaries[ratio] = summary
         rows.append(_summary_row(ratio, "hypercompress", summary, seconds, "designed student" if designed else None))
         untrained, seconds = _timed(lambda: run_pipeline(None, teacher_model=(teacher, tokenizer), distill_data=data,
-                                                         output_dir=str(work / f"{ratio}x-untrained"), log=quiet,
+                                                         output_dir=str(work / f"{ratio}x-untrained"), log=quiet, teacher_bpb=teacher_bpb,
                                                          overrides=run_overrides(ratio, settings, designed, train=False)))
         rows.append(_summary_row(ratio, "hypercompress, no training", untrained, seconds))
         try:
@@ -470,7 +470,8 @@ def speed_results(teacher, tokenizer, train:str, val:str, summaries:dict, settin
     log("SVD timings...")
     calibration = calibration_ids(tokenizer, train, settings.calibration_sequences, settings.seq_len)
     result["svd"] = svd_timings(teacher, settings.svd_rank_fraction, calibration if settings.svd_whitened else None)
-    branch = [ratio for ratio in summaries if ratio <= reachable_ratio(teacher)]
+    limit = reachable_ratio(teacher)
+    branch = [ratio for ratio in summaries if ratio <= limit]
     if branch:  # cached teacher targets need the teacher's vocabulary: a student of the teacher's architecture
         log("distillation throughput...")
         student, _ = load_saved(work / f"{branch[0]}x")

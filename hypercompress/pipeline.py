@@ -289,6 +289,7 @@ def run_pipeline(config=None, # YAML path, `HypercompressConfig`, or None for th
                  overrides:list[str]|None=None, # `key=value` strings, applied last
                  log=print,
                  on_evaluation=None, # passed to `finetune`: on_evaluation(tokens, dev_bpb) after each evaluation (e.g. Optuna pruning)
+                 teacher_bpb:float|None=None, # the teacher's val BPB already measured on the same data and evaluation settings: not measured again
                 ) -> dict|None:
     "Plan, compress, distill, fine-tune, save, reload and evaluate; returns the summary (also written as summary.json), or None on processes other than 0 under `accelerate launch`."
     from hypercompress.checkpoint import load as load_saved, save_checkpoint
@@ -313,7 +314,7 @@ def run_pipeline(config=None, # YAML path, `HypercompressConfig`, or None for th
         base = densify(copy.deepcopy(teacher)) if teacher_checkpoint else teacher
         texts = _texts(config)
         teacher_params = count_parameters(teacher)
-        teacher_bpb = val_bpb(teacher)
+        if teacher_bpb is None: teacher_bpb = val_bpb(teacher)  # a caller running several compressions measures it once
         log(f"   teacher: {teacher_params:,} parameters, validation BPB {teacher_bpb if teacher_bpb is None else round(teacher_bpb, 4)}")
         if student_model:
             base, base_tokenizer, _ = load_any(student_model)
