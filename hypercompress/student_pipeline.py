@@ -132,6 +132,8 @@ def distill_student(teacher, # the teacher model
     "Distil `teacher` into a designed student, across vocabularies when they differ; `kl_weight: 0` trains without a teacher."
     settings, data = config.distillation, config.data
     student_tokenizer = vocab.tokenizer if vocab is not None else tokenizer
+    if not settings.enabled or settings.token_budget == 0:  # nothing to train: `distill` says so, and the teacher never runs
+        return distill(None, student, student_tokenizer, [], config, log=log)
     if settings.kl_weight == 0 and settings.activation_weight == 0:  # no teacher signal at all: do not run the teacher
         log("   no teacher signal (distillation.kl_weight = activation_weight = 0): cross-entropy only, from the data")
         chunks = make_chunks(student_tokenizer, train_text, data.seq_len, data.stride, data.max_chunks)
