@@ -7,7 +7,7 @@ __all__ = ['SCALE_SHAPES', 'FULL', 'QUICK', 'DESIGNED', 'uniform_rank_for_budget
            'sparsity_for_nonzeros', 'input_norms', 'prune_at_nonzeros', 'svd_timings', 'forward_flops', 'forward_speed',
            'generate_speed', 'speedups', 'reinitialize', 'scale_config', 'compress_layerwise', 'scale_point',
            'BenchSettings', 'reachable_ratio', 'run_overrides', 'quality_rows', 'speed_results', 'standings',
-           'standings_markdown', 'results_markdown', 'plot_quality', 'run_bench']
+           'standings_markdown', 'results_markdown', 'plot_quality', 'run_bench', 'ngram_bpb']
 
 # %% ../nbs/90_benchmarks.ipynb #c3331a8d
 import copy
@@ -672,3 +672,21 @@ def _finetuned_teacher(teacher, tokenizer, train, val, teacher_bpb, settings, wo
                                          eval_max_tokens=settings.eval_tokens, progress=False))
     return _model_row(1, "teacher fine-tuned", model, tokenizer, val, settings, work / "tuned", config, teacher_bpb, seconds,
                       f"{settings.teacher_finetune_tokens:,} tokens")
+
+# %% ../nbs/90_benchmarks.ipynb #2b9fd289
+def ngram_bpb(train_ids:list[int], # training tokens
+              val_ids:list[int], # validation tokens
+              val_bytes:int, # UTF-8 bytes of the validation text
+              vocab_size:int,
+              interpolation:float=0.7, # λ: weight of the bigram estimate
+             ) -> dict:
+    "Bits per byte of add-one unigram counts, and of bigram counts interpolated with them (no training, no tuning)."
+    import collections
+    unigram, bigram = collections.Counter(train_ids), collections.Counter(zip(train_ids, train_ids[1:]))
+    n = len(train_ids)
+    def p_unigram(t): return (unigram[t] + 1) / (n + vocab_size)
+    bits1 = -sum(math.log2(p_unigram(t)) for t in val_ids)
+    bits2 = -math.log2(p_unigram(val_ids[0])) - sum(
+        math.log2(interpolation * (bigram[(a, b)] / unigram[a] if unigram[a] else 0) + (1 - interpolation) * p_unigram(b))
+        for a, b in zip(val_ids, val_ids[1:]))
+    return dict(unigram=bits1 / val_bytes, bigram=bits2 / val_bytes)
