@@ -538,7 +538,7 @@ def results_markdown(results:dict) -> str:
     lines = [f"Measured by `hypercompress bench{' --quick' if results['quick'] else ''}` on {results['machine']} "
              f"in {results['seconds'] / 60:.1f} minutes: teacher `{results['teacher_model']}` ({t['params']:,} parameters, "
              f"{t['storage_bytes']:,} bytes stored), data `{results['data']}`, validation BPB on "
-             f"{'every' if results['settings']['eval_tokens'] is None else format(results['settings']['eval_tokens'], ',')} "
+             f"{'all' if results['settings']['eval_tokens'] is None else 'the first ' + format(results['settings']['eval_tokens'], ',')} "
              f"validation tokens: teacher **{t['bpb']:.4f}**."
              + (f" Every hypercompress run with `{' '.join(results['settings']['overrides'])}`." if results['settings']['overrides'] else ""),
              "", "## Quality", "",
