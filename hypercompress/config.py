@@ -283,6 +283,7 @@ class EvaluationConfig(ConfigSection):
     ablation_branches: bool = False # re-evaluate with each branch off in turn
     seq_len: Integer = Field(512, ge=1) # tokens per evaluation window
     max_eval_tokens: Integer | None = Field(None, ge=1) # cap on evaluated tokens; None = all held-out text
+    min_eval_bytes: Integer = Field(4_000, ge=1) # fewer validation bytes scored: the BPB is marked too small to measure
 
 class StorageConfig(ConfigSection):
     "Where and how the student is saved"
@@ -335,11 +336,25 @@ def config_to_dict(config:HypercompressConfig) -> dict:
 _BASE_60 = re.compile(r'[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?')
 
 class _ConfigLoader(yaml.SafeLoader):
-    "PyYAML's safe loader without YAML 1.1's base-60 numbers"
+    "PyYAML's safe loader without YAML 1.1's base-60 numbers, refusing a key written twice in one mapping"
     def resolve(self, kind, value, implicit):
         if kind is yaml.ScalarNode and implicit[0] and _BASE_60.fullmatch(value):
             return 'tag:yaml.org,2002:str'
         return super().resolve(kind, value, implicit)
+
+    def construct_mapping(self, node, deep=False):
+        lines = {}
+        for key_node, _ in node.value:
+            if key_node.tag == 'tag:yaml.org,2002:merge':
+                continue  # `<<: *defaults` may be overridden by the keys beside it: that is what it is for
+            key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
+            if not isinstance(key, typing.Hashable):
+                continue  # PyYAML's own check below refuses it
+            if key in lines:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f'duplicate key {key!r} on lines {lines[key]} and {line}: write it once', key_node.start_mark)
+            lines[key] = line
+        return super().construct_mapping(node, deep)
 
 def _parse_yaml(text:str):
     "Parse YAML text with `_ConfigLoader`"
@@ -401,7 +416,7 @@ def _read_yaml(path:Path) -> dict:
         where = f', line {mark.line + 1}, column {mark.column + 1}' if mark else ''
         raise ConfigError(f'invalid YAML in {path}{where}: {getattr(error, "problem", None) or error}') from None
     if data is None:
-        return {}
+        raise ConfigError(f'empty configuration: {path} sets nothing (for the defaults, give no config file)')
     if not isinstance(data, dict):
         raise ConfigError(f'invalid configuration in {path}: the top level must be a mapping of keys to values, got {_yaml_type(data)}')
     return data

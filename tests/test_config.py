@@ -69,11 +69,19 @@ def test_defaults():
     assert config.data.seq_len == 256 and config.evaluation.seq_len == 512
 
 
-def test_empty_file_and_empty_section_are_defaults(tmp_path):
-    (tmp_path / 'empty.yaml').write_text('# nothing set\n')
-    assert load_config(tmp_path / 'empty.yaml') == HypercompressConfig()
+def test_empty_file_is_an_error_and_empty_section_is_defaults(tmp_path):
+    for text in ('', '# nothing set\n'):
+        (tmp_path / 'empty.yaml').write_text(text)
+        fails(['empty configuration', str(tmp_path / 'empty.yaml')], tmp_path / 'empty.yaml')
     (tmp_path / 'section.yaml').write_text('logging:\n  # experiment: x\n')
     assert load_config(tmp_path / 'section.yaml') == HypercompressConfig()
+
+
+def test_duplicate_key_names_the_key_and_both_lines(tmp_path):
+    path = write(tmp_path, 'targets:\n  compression_ratio: 2\n  retained_accuracy: 0.5\n  compression_ratio: 50\n')
+    fails(["duplicate key 'compression_ratio' on lines 2 and 4", 'bad.yaml', 'line 4'], path)
+    fails(["duplicate key 'targets' on lines 1 and 3"], write(tmp_path, 'targets: {}\nseed: 1\ntargets: {}\n'))
+    fails(["duplicate key 'a'"], overrides=['branches.lra.rank={a: 1, a: 2}'])
 
 
 def test_yaml_floats_written_without_dot(tmp_path):
