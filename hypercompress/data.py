@@ -11,6 +11,7 @@ import hashlib
 import importlib.util
 import os
 import shutil
+import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,17 +167,28 @@ def describe_split(tokenizer, text:str) -> dict:
     return dict(chars=len(text), bytes=text_bytes(text), tokens=tokens, tokens_per_byte=tokens / max(text_bytes(text), 1))
 
 # %% ../nbs/02_data.ipynb #e91fe928
+def _check_text(path:Path, source:Path):
+    "Raise `DataError` naming `source` unless the file at `path` is non-empty UTF-8 text."
+    try: text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e: raise DataError(f"{source} is not UTF-8 text (byte {e.start}: {e.reason})") from None
+    if not text.strip(): raise DataError(f"{source} holds no text")
+
 def fetch_corpus(name:str, # a known corpus name, e.g. 'tinyshakespeare'
                  source:str|None=None, # local file to copy instead of downloading
                  dest_dir:str|Path="data", # folder to put it in
                 ) -> Path:
-    "Put corpus `name` into `dest_dir` (atomically) and return its path."
+    "Put corpus `name` into `dest_dir` (checked, then renamed into place) and return its path."
     if name not in KNOWN_CORPORA: raise DataError(f"unknown corpus '{name}'; known: {', '.join(KNOWN_CORPORA)}")
     dest = Path(dest_dir) / KNOWN_CORPORA[name]["filename"]
     src = Path(source).expanduser() if source else download_url(KNOWN_CORPORA[name]["url"])
     if not src.is_file(): raise DataError(f"source file not found: {src}")
+    if dest.is_dir(): raise DataError(f"{dest} is a folder: cannot put the corpus there")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_suffix(".partial")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dest)
+    descriptor, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".partial")
+    os.close(descriptor)
+    try:
+        shutil.copyfile(src, tmp)
+        _check_text(Path(tmp), src)
+        os.replace(tmp, dest)
+    finally: Path(tmp).unlink(missing_ok=True)
     return dest

@@ -65,3 +65,18 @@ def test_data_get_failure_keeps_existing_file(corpus, tmp_path):
     before = (dest / "tinyshakespeare.txt").read_text()
     assert hypercompress("data", "get", "tinyshakespeare", "--from", str(tmp_path / "gone.txt"), "--dir", str(dest)).returncode == 2
     assert (dest / "tinyshakespeare.txt").read_text() == before
+
+
+@pytest.mark.parametrize("content, expected", [(bytes(range(256)) * 8, "is not UTF-8 text"), (b"", "holds no text")],
+                         ids=["binary", "empty"])
+def test_data_get_bad_source_keeps_good_file(corpus, tmp_path, content, expected):
+    "A binary or empty --from is checked before it replaces anything: the good corpus stays, nothing temporary is left."
+    dest = tmp_path / "d"
+    assert hypercompress("data", "get", "tinyshakespeare", "--from", str(corpus), "--dir", str(dest)).returncode == 0
+    bad = tmp_path / "bin.bin"
+    bad.write_bytes(content)
+    result = hypercompress("data", "get", "tinyshakespeare", "--from", str(bad), "--dir", str(dest))
+    assert result.returncode == 2 and expected in result.stderr and str(bad) in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert (dest / "tinyshakespeare.txt").read_text() == corpus.read_text()
+    assert [p.name for p in dest.iterdir()] == ["tinyshakespeare.txt"]
