@@ -4,16 +4,18 @@
 
 # %% auto #0
 __all__ = ['BOS_TOKEN', 'EOS_TOKEN', 'TINY_MODELS', 'SMOLLM2_HUB_ID', 'SMOLLM2_GGUF', 'BUILTIN_MODELS', 'ATTENTION_ROLES',
-           'MLP_ROLES', 'SIZE_GROUPS', 'byte_tokenizer', 'build_tiny_model', 'ModelLoadError', 'load_model',
-           'process_state', 'is_linear', 'linear_shape', 'linear_weight', 'attention_roles', 'mlp_roles',
-           'LayerStructure', 'ModelStructure', 'model_structure', 'iter_linears', 'count_parameters', 'count_nonzero',
-           'parameter_bytes', 'format_count', 'size_breakdown', 'singular_values', 'effective_rank', 'sample_layers',
-           'baseline_analysis', 'rank_table', 'plot_spectra']
+           'MLP_ROLES', 'SIZE_GROUPS', 'byte_tokenizer', 'build_tiny_model', 'ModelLoadError', 'from_pretrained_strict',
+           'first_nonfinite', 'max_positions', 'load_model', 'process_state', 'is_linear', 'linear_shape',
+           'linear_weight', 'attention_roles', 'mlp_roles', 'LayerStructure', 'ModelStructure', 'model_structure',
+           'iter_linears', 'count_parameters', 'count_nonzero', 'parameter_bytes', 'format_count', 'size_breakdown',
+           'singular_values', 'effective_rank', 'sample_layers', 'baseline_analysis', 'rank_table', 'plot_spectra']
 
 # %% ../nbs/01_models.ipynb #b7c5e38e
 import copy
 import importlib.util
+import pickle
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from tokenizers import models as tokenizer_models
 from transformers import (AutoModelForCausalLM, AutoTokenizer, GPT2Config, LlamaConfig,
                           PreTrainedTokenizerFast)
 from transformers.pytorch_utils import Conv1D
+from transformers.utils import logging as transformers_logging
 
 # %% ../nbs/01_models.ipynb #c3f73fbe
 def _bytes_to_unicode() -> dict[int, str]:
@@ -101,8 +104,31 @@ def _load_gguf(path:Path) -> tuple[nn.Module, PreTrainedTokenizerFast]:
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     return _serializable_copy(model), tokenizer
 
+@contextmanager
+def _quiet_transformers():
+    "Silence transformers' load report: a misfit becomes our own error instead."
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    try: yield
+    finally: transformers_logging.set_verbosity(verbosity)
+
+def from_pretrained_strict(spec:str, # a Hugging Face folder or hub id
+                          ) -> nn.Module:
+    "`AutoModelForCausalLM.from_pretrained(spec)`, refusing weights that do not fit instead of initialising them at random."
+    try:
+        with _quiet_transformers(): model, info = AutoModelForCausalLM.from_pretrained(spec, output_loading_info=True)
+    except pickle.UnpicklingError as error:
+        raise ModelLoadError(f"{spec}: refused to load its weights: they hold pickled Python objects, which "
+                             f"`torch.load(weights_only=True)` will not run ({str(error).splitlines()[0]})") from None
+    misfit = {kind: sorted(info.get(f"{kind}_keys") or []) for kind in ("missing", "unexpected", "mismatched")}
+    if any(misfit.values()):
+        raise ModelLoadError(f"{spec}: the weights do not fit {type(model).__name__}: " + "; ".join(
+            f"{len(keys)} {kind} ({', '.join(map(str, keys[:3]))}{', ...' if len(keys) > 3 else ''})"
+            for kind, keys in misfit.items() if keys) + "; loading it would leave those weights random")
+    return model
+
 def _load_pretrained(spec:str) -> tuple[nn.Module, PreTrainedTokenizerFast]:
-    return AutoModelForCausalLM.from_pretrained(spec), AutoTokenizer.from_pretrained(spec)
+    return from_pretrained_strict(spec), AutoTokenizer.from_pretrained(spec)
 
 def _looks_like_path(spec:str) -> bool:
     "Hub ids are `name` or `org/name`; anything else that names the filesystem is a path."
@@ -121,11 +147,28 @@ def _load_any(spec:str) -> tuple[nn.Module, PreTrainedTokenizerFast]:
         raise ModelLoadError(f"{str(path)!r} is a file but not a .gguf file; pass a .gguf file or a model directory")
     if _looks_like_path(spec): raise ModelLoadError(f"no such file or directory: {str(path)!r}")
     try: return _load_pretrained(spec)
+    except ModelLoadError: raise
     except (OSError, ValueError) as error:  # transformers reports missing network, repos and files as OSError
         raise ModelLoadError(
             f"could not load {spec!r} from the Hugging Face Hub (no network, or no such model). Pass a local model "
             f"directory, a path to a .gguf file, or a built-in name: {', '.join(BUILTIN_MODELS + tuple(TINY_MODELS))}"
         ) from error
+
+def first_nonfinite(model:nn.Module) -> str|None:
+    "What is wrong with the first parameter holding NaN or infinite values (or buffer holding NaN), else None."
+    tensors = [(name, t, "NaN or infinite") for name, t in model.named_parameters()]
+    tensors += [(name, t, "NaN") for name, t in model.named_buffers()]  # a buffer may hold -inf on purpose (a mask)
+    for name, tensor, kind in tensors:
+        if not tensor.is_floating_point(): continue
+        bad = (~torch.isfinite(tensor) if kind != "NaN" else torch.isnan(tensor)).sum().item()
+        if bad: return f"{name} holds {bad:,} {kind} values (of {tensor.numel():,}); a model with such weights cannot be scored"
+    return None
+
+def max_positions(model:nn.Module) -> int|None:
+    "The longest input the model's config allows (`max_position_embeddings`, `n_positions` or `n_ctx`), None when it names none."
+    config = getattr(model, "config", None)
+    return next((value for key in ("max_position_embeddings", "n_positions", "n_ctx")
+                 if isinstance(value := getattr(config, key, None), int)), None)
 
 def load_model(spec:str, # tiny name, 'smollm2-135m', path to a .gguf file or HF directory, or hub id
                dtype:torch.dtype|str=torch.float32, # parameters are cast to this dtype
@@ -134,6 +177,7 @@ def load_model(spec:str, # tiny name, 'smollm2-135m', path to a .gguf file or HF
     "Load a causal LM and its tokenizer as a plain, serializable model in eval mode."
     if isinstance(dtype, str): dtype = getattr(torch, dtype)
     model, tokenizer = _load_any(str(spec))
+    if (problem := first_nonfinite(model)) is not None: raise ModelLoadError(f"{spec}: {problem}")
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token  # batching needs a pad token; padded positions are masked anyway
     return model.to(device=device, dtype=dtype).eval(), tokenizer
