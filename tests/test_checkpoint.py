@@ -94,7 +94,7 @@ def test_every_reload_path_gives_the_same_logits(tmp_path, name, is_compressed):
     reference = logits(model)
     written = save_checkpoint(model, tokenizer, tmp_path, config=load_config(), plan={"latent_dim": 16},
                               metrics={"bpb": 1.25}, experiment="run")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "run.pt", "run.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["current", "hf", "run.pt", "run.safetensors", "versions"]
     assert written["storage_bytes"] == (tmp_path / "run.safetensors").stat().st_size
     payload = torch.load(tmp_path / "run.pt", weights_only=True)
     assert {"student_state_dict", "config", "plan", "metrics", "recipe", "hf_config", "format_version"} <= set(payload)
@@ -146,13 +146,13 @@ def test_safe_serialization_false_and_config_settings(tmp_path):
     config = load_config(None, overrides=["storage.hf_safe_serialization=false", "storage.export_format=pt",
                                           "logging.experiment=cfg"])
     written = save_checkpoint(model, tokenizer, tmp_path, config=config)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["cfg.pt", "hf"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cfg.pt", "current", "hf", "versions"]
     assert (tmp_path / "hf" / "pytorch_model.bin").is_file()
     assert written["storage_bytes"] == (tmp_path / "cfg.pt").stat().st_size
     close(load(tmp_path)[0], logits(model))
     close(AutoModelForCausalLM.from_pretrained(tmp_path / "hf", trust_remote_code=True), logits(model))
     save_checkpoint(model, tokenizer, tmp_path, experiment="cfg", save_pretrained=False)  # nothing stale left behind
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["cfg.pt", "cfg.safetensors", "tokenizer"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cfg.pt", "cfg.safetensors", "current", "tokenizer", "versions"]
     close(load(tmp_path)[0], logits(model))
 
 
@@ -223,7 +223,7 @@ def test_corrupt_files_give_clear_errors(saved, tmp_path):
         target.write_bytes((saved / relative).read_bytes()[:1000])
         with pytest.raises(CheckpointError, match="is corrupt or truncated") as error:
             reader(copy)
-        assert str(target) in str(error.value)
+        assert str(target.resolve()) in str(error.value)  # the file itself, in the version the link points to
     garbage = tmp_path / "garbage"
     subprocess.run(["cp", "-r", str(saved), str(garbage)], check=True)
     (garbage / "hf" / "config.json").write_text("{ not json")
@@ -243,5 +243,5 @@ def test_pickled_objects_are_refused(tmp_path):
 
 def test_storage_bytes_counts_hard_links_once(saved):
     assert (saved / "hf" / "model.safetensors").stat().st_ino == (saved / "run.safetensors").stat().st_ino
-    files = [p for p in saved.rglob("*") if p.is_file()]
-    assert storage_bytes(saved) == sum(p.stat().st_size for p in files) - (saved / "run.safetensors").stat().st_size
+    files = [p for p in checkpoint.result_folder(saved).rglob("*") if p.is_file()]
+    assert storage_bytes(saved) == storage_bytes(checkpoint.result_folder(saved)) == sum(p.stat().st_size for p in files) - (saved / "run.safetensors").stat().st_size
