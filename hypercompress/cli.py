@@ -10,15 +10,35 @@ import argparse
 import json
 import sys
 
+class _Parser(argparse.ArgumentParser):
+    "argparse, reporting a bad flag as one line (`hypercompress eval: error: ...`) rather than usage and a message."
+    def error(self, message):
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+def _at_least(low:int):
+    "An argparse type: an integer no smaller than `low`."
+    def parse(text:str) -> int:
+        try: value = int(text)
+        except ValueError: raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low: raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+def _json(value) -> str:
+    "One JSON line; a NaN or infinity is an error, never invalid JSON."
+    return json.dumps(value, default=str, allow_nan=False)
+
 # %% ../nbs/24_cli.ipynb #742b60a7
 def _add_eval(subparsers):
     p = subparsers.add_parser("eval", help="bits per byte and perplexity of a model on held-out text")
     p.add_argument("--model", required=True, help="model spec: built-in name, hub id, local directory or .gguf file")
     p.add_argument("--data", default="tinyshakespeare", help="data spec: file, URL, hf:name[:config] or corpus name")
     p.add_argument("--split", default="val", choices=["val", "train", "all"])
-    p.add_argument("--seq-len", type=int, default=512)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--max-tokens", type=int, default=None, help="score only the first N tokens of the split")
+    p.add_argument("--seq-len", type=_at_least(1), default=512, help="tokens per window, at most the model's positions")
+    p.add_argument("--batch-size", type=_at_least(1), default=4)
+    p.add_argument("--max-tokens", type=_at_least(1), default=None, help="score only the first N tokens of the split")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_run_eval)
 
@@ -26,7 +46,7 @@ def _run_eval(args):
     from hypercompress.evaluate import evaluate_spec
     result = evaluate_spec(args.model, args.data, split=args.split, seq_len=args.seq_len,
                            batch_size=args.batch_size, max_tokens=args.max_tokens)
-    if args.json: print(json.dumps({k: result[k] for k in ("bpb", "ppl", "tokens", "bytes", "params", "seconds")}))
+    if args.json: print(_json({k: result[k] for k in ("bpb", "ppl", "tokens", "bytes", "params", "seconds")}))
     else: print(f"{args.model} on {args.data} [{args.split}]: {result['bpb']:.4f} BPB, ppl {result['ppl']:.2f}, "
                 f"{result['tokens']:,} tokens / {result['bytes']:,} bytes, {result['params']:,} params, {result['seconds']:.1f}s")
     return result
@@ -75,7 +95,7 @@ def _run_plan(args):
         train = split_text(load_text(config.data.distill), config.data.train_fraction).train
         calibration = calibration_ids(tokenizer, train, args.calibration_sequences, config.data.seq_len, config.seed)
     result = plan(model, config, calibration=calibration, verbose=not args.json)
-    if args.json: print(json.dumps(result.to_dict()))
+    if args.json: print(_json(result.to_dict()))
     else:
         for reason in result.reasons: print(f"  {reason}")
     return result
@@ -108,7 +128,7 @@ def _run_run(args):
                            max_chunks=args.max_chunks, batch_size=args.batch_size, output_dir=args.output_dir,
                            overrides=args.overrides)
     if summary is None: return None  # a process other than 0 under `accelerate launch`: process 0 reports
-    if args.json: print(json.dumps({k: v for k, v in summary.items() if k not in ("config", "plan")}, default=str))
+    if args.json: print(_json({k: v for k, v in summary.items() if k not in ("config", "plan")}))
     return summary
 
 # %% ../nbs/24_cli.ipynb #d96bfaab
@@ -118,9 +138,9 @@ def _add_check(subparsers):
     p.add_argument("--data", default="tinyshakespeare", help="data spec scored for BPB")
     p.add_argument("--split", default="val", choices=["val", "train", "all"])
     p.add_argument("--prompt", default="ROMEO:", help="text the sample continues")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--seq-len", type=int, default=512)
-    p.add_argument("--max-tokens", type=int, default=None, help="score only the first N tokens of the split")
+    p.add_argument("--max-new-tokens", type=_at_least(1), default=64)
+    p.add_argument("--seq-len", type=_at_least(1), default=512, help="tokens per window, at most the model's positions")
+    p.add_argument("--max-tokens", type=_at_least(1), default=None, help="score only the first N tokens of the split")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_run_check)
 
@@ -130,16 +150,19 @@ def check_checkpoint(checkpoint:str, # a run's output, its hf/ folder or .pt fil
     "Load `checkpoint`; count its parameters, continue `prompt` greedily, score `split` of `data`."
     import torch
     from hypercompress.data import load_text, split_text
-    from hypercompress.evaluate import evaluate_bpb
+    from hypercompress.evaluate import check_eval_settings, evaluate_bpb
     from hypercompress.models import count_nonzero, count_parameters
     from hypercompress.pipeline import load_any
+    if not prompt: raise ValueError("--prompt is empty: the sample needs text to continue")
     model, tokenizer, origin = load_any(checkpoint)
+    check_eval_settings(model, seq_len, max_tokens=max_tokens)  # before generating: a bad setting fails at once
+    text = load_text(data)
+    text = text if split == "all" else split_text(text)[split]
+    if not text: raise ValueError(f"{data}: no text to score: the {split} split is empty")
     ids = tokenizer(prompt, return_tensors="pt").input_ids
     with torch.no_grad():  # greedy, so the sample is the same on every run
         out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False,
                              pad_token_id=tokenizer.pad_token_id)
-    text = load_text(data)
-    text = text if split == "all" else split_text(text)[split]
     score = evaluate_bpb(model, tokenizer, text, seq_len=seq_len, max_tokens=max_tokens)
     return dict(checkpoint=str(checkpoint), params=count_parameters(model), nonzero_params=count_nonzero(model),
                 sample=tokenizer.decode(out[0], skip_special_tokens=True), bpb=score["bpb"], ppl=score["ppl"],
@@ -148,7 +171,7 @@ def check_checkpoint(checkpoint:str, # a run's output, its hf/ folder or .pt fil
 def _run_check(args):
     result = check_checkpoint(args.checkpoint, args.data, args.split, args.prompt, args.max_new_tokens, args.seq_len,
                               args.max_tokens)
-    if args.json: print(json.dumps(result, default=str)); return result
+    if args.json: print(_json(result)); return result
     print(f"{result['checkpoint']}: {result['params']:,} parameters ({result['nonzero_params']:,} nonzero)")
     print(f"sample: {result['sample']!r}")
     print(f"{result['data']} [{result['split']}]: {result['bpb']:.4f} BPB, ppl {result['ppl']:.2f} "
@@ -180,17 +203,19 @@ SUBCOMMANDS = [_add_eval, _add_data, _add_plan, _add_run, _add_check, _add_searc
 
 def build_parser() -> argparse.ArgumentParser:
     "The `hypercompress` argument parser with every registered subcommand."
-    parser = argparse.ArgumentParser(prog="hypercompress", description="Compress causal language models by a target ratio, honestly.")
-    subparsers = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="hypercompress", description="Compress causal language models by a target ratio, honestly.")
+    subparsers = parser.add_subparsers(dest="command", required=True)  # subparsers are `_Parser`s too
     for add in SUBCOMMANDS: add(subparsers)
     return parser
 
 def main(argv:list[str]|None=None):
     "Entry point of the `hypercompress` console script."
+    from hypercompress.distill import TrainingDivergedError
     args = build_parser().parse_args(argv)
     # The console script passes main's return value to sys.exit, so results are printed, never returned.
     try: args.func(args)
-    except ValueError as e:
-        # Bad input (config, data, model spec, checkpoint) is reported as one clear line, not a traceback.
-        print(f"hypercompress {args.command}: error: {e}", file=sys.stderr)
+    except (ValueError, OSError, TrainingDivergedError) as e:
+        # Bad input (config, data, model spec, checkpoint, output folder), a full disk, a diverged run: one clear line.
+        message = " ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__
+        print(f"hypercompress {args.command}: error: {message}", file=sys.stderr)
         sys.exit(2)

@@ -4,7 +4,8 @@
 
 # %% auto #0
 __all__ = ['LM_EVAL_TASKS', 'PhaseTimer', 'load_any', 'densify', 'compress', 'summarize', 'summary_lines', 'summary_markdown',
-           'run_lm_eval', 'TargetNotReachableError', 'run_pipeline', 'ablate']
+           'run_lm_eval', 'TargetNotReachableError', 'preflight', 'planned_bytes', 'check_against_teacher',
+           'run_pipeline', 'ablate']
 
 # %% ../nbs/22_pipeline.ipynb #42b18fc5
 import copy
@@ -20,7 +21,7 @@ import torch
 
 from .branches import CompressionState, calibration_ids, run_branches
 from .config import HypercompressConfig, dump_config, load_config
-from .data import load_text, make_chunks, split_text
+from .data import DataError, encode_text, load_text, make_chunks, split_text, text_bytes
 from .evaluate import evaluate_bpb
 from .models import count_nonzero, count_parameters, load_model, process_state
 
@@ -53,10 +54,13 @@ def load_any(spec, # model spec for `load_model`, a Hypercompress checkpoint pat
     if isinstance(spec, tuple): return spec[0], spec[1], {}  # already in memory (benchmarks reuse one loaded teacher)
     path = Path(str(spec)).expanduser()
     if path.exists() and _is_checkpoint(path):
-        from hypercompress.checkpoint import load
+        from hypercompress.checkpoint import CheckpointError, load, result_folder
+        path = result_folder(path).resolve() if path.is_dir() else path.resolve()  # one version: model and summary agree
         model, tokenizer = load(path)
         summary = path / "summary.json" if path.is_dir() else path.parent / "summary.json"
-        origin = json.loads(summary.read_text()).get("origin", {}) if summary.is_file() else {}
+        try: origin = json.loads(summary.read_text()).get("origin", {}) if summary.is_file() else {}
+        except (ValueError, UnicodeDecodeError) as error:
+            raise CheckpointError(f"{summary} is corrupt and cannot be read ({type(error).__name__}: {error})") from None
         if tokenizer is None: raise ValueError(f"{path}: checkpoint has no tokenizer saved beside it")
         return model.eval(), tokenizer, origin
     model, tokenizer = load_model(spec)
@@ -159,10 +163,12 @@ def compress(model, # the model to compress (copied, never changed)
 # %% ../nbs/22_pipeline.ipynb #059a6efc
 def summarize(*, teacher_params:int, student_model, weight_file_bytes:int, teacher_bpb:float|None,
               student_bpb:float|None, artifacts:dict, tokens:dict, phases:dict, config:HypercompressConfig,
-              plan, origin:dict|None=None, extra:dict|None=None) -> dict:
-    "The run's summary: counted parameters, stored bytes, measured BPB."
+              plan, origin:dict|None=None, evaluated:dict|None=None, extra:dict|None=None) -> dict:
+    "The run's summary: counted parameters, stored bytes, measured BPB and what it was measured on (`evaluated`: `evaluate_bpb`'s result)."
     student_params, student_nonzero = count_parameters(student_model), count_nonzero(student_model)
     retained = teacher_bpb / student_bpb if teacher_bpb and student_bpb else None
+    least = config.evaluation.min_eval_bytes
+    too_small = evaluated is not None and evaluated["bytes"] < least
     origin = dict(origin or {})
     origin.setdefault("teacher_params", teacher_params)
     summary = dict(
@@ -175,7 +181,10 @@ def summarize(*, teacher_params:int, student_model, weight_file_bytes:int, teach
                   for name, a in artifacts.items()},
         teacher_bpb=teacher_bpb, student_bpb=student_bpb, retained=retained,
         retained_target=config.targets.retained_accuracy,
-        retained_met=None if retained is None else retained >= config.targets.retained_accuracy,
+        retained_met=None if retained is None or too_small else retained >= config.targets.retained_accuracy,
+        eval_tokens=evaluated and evaluated["tokens"], eval_bytes=evaluated and evaluated["bytes"],
+        eval_extent=evaluated and ("all validation tokens" if evaluated["complete"] else f"first {evaluated['tokens']:,} validation tokens"),
+        min_eval_bytes=least, too_small_to_measure=too_small,
         tokens=tokens, phases=phases,
         origin=dict(origin, param_ratio=origin["teacher_params"] / student_params),
         config=json.loads(json.dumps(config.model_dump(mode="json"))),
@@ -191,9 +200,12 @@ def summary_lines(summary:dict) -> list[str]:
              f"param_ratio: {summary['param_ratio']:.2f}x | nonzero_ratio: {summary['nonzero_ratio']:.2f}x "
              f"| storage_ratio: {summary['storage_ratio']:.2f}x ({summary['storage_bytes']:,} bytes stored)",
              f"BPB (held-out): teacher {bpb(summary['teacher_bpb'])} | student {bpb(summary['student_bpb'])}"
-             + ("" if summary["retained"] is None else
-                f" | retained {summary['retained']:.3f} (target {summary['retained_target']:.2f}: "
-                f"{'met' if summary['retained_met'] else 'NOT met'})")]
+             + ("" if summary["retained"] is None else f" | retained {summary['retained']:.3f} " +
+                (f"(too small to measure: fewer than evaluation.min_eval_bytes={summary['min_eval_bytes']:,} bytes)"
+                 if summary.get("too_small_to_measure") else
+                 f"(target {summary['retained_target']:.2f}: {'met' if summary['retained_met'] else 'NOT met'})"))]
+    if summary.get("eval_tokens") is not None:
+        lines.append(f"Evaluated on {summary['eval_extent']}: {summary['eval_tokens']:,} tokens, {summary['eval_bytes']:,} bytes")
     if summary["origin"]["teacher_params"] != summary["teacher_params"]:
         lines.append(f"Against the original teacher ({summary['origin']['teacher_params']:,} params): "
                      f"param_ratio {summary['origin']['param_ratio']:.2f}x")
@@ -207,24 +219,13 @@ def summary_markdown(summary:dict) -> str:
             ("nonzero_ratio", f"{summary['nonzero_ratio']:.3f}x"), ("storage_bytes", f"{summary['storage_bytes']:,}"),
             ("storage_ratio", f"{summary['storage_ratio']:.3f}x (teacher at bf16 / student file)"),
             ("teacher_bpb", summary["teacher_bpb"]), ("student_bpb", summary["student_bpb"]), ("retained", summary["retained"]),
+            ("evaluated on", f"{summary.get('eval_extent')}: {summary.get('eval_tokens')} tokens, {summary.get('eval_bytes')} bytes"
+                             + (" (too small to measure)" if summary.get("too_small_to_measure") else "")),
             ("tokens", json.dumps(summary["tokens"])), ("phases (s)", json.dumps(summary["phases"]))]
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
     branches = "\n".join(f"| {n} | {b['params_removed']:,} | {b['ratio_alone']:.3f}x |" for n, b in summary["branches"].items())
     return (f"# Hypercompress run summary\n\n| metric | value |\n|---|---|\n{table}\n\n"
             f"## Branches (each alone; not multiplied)\n\n| branch | params removed | ratio alone |\n|---|---|---|\n{branches}\n")
-
-# %% ../nbs/22_pipeline.ipynb #5026b5bf
-def _publish(staging:Path, output_dir:Path):
-    "Move every file of `staging` into `output_dir`, replacing same-named files; folders are swapped whole."
-    output_dir.mkdir(parents=True, exist_ok=True)
-    for item in sorted(staging.iterdir()):
-        target = output_dir / item.name
-        if item.is_dir():
-            old = output_dir / f".{item.name}.old"
-            if target.exists(): os.replace(target, old)
-            os.replace(item, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else: os.replace(item, target)
 
 # %% ../nbs/22_pipeline.ipynb #68483ff4
 LM_EVAL_TASKS = {"run_mmlu": "mmlu", "run_gsm8k": "gsm8k", "run_glue": "glue"}
@@ -276,6 +277,66 @@ def _texts(config:HypercompressConfig) -> dict:
         texts.update(finetune_train=split_text(ft.train, 0.95).train, finetune_dev=split_text(ft.train, 0.95).val)
     return texts
 
+# %% ../nbs/22_pipeline.ipynb #aba5e0ab
+def preflight(config:HypercompressConfig, output_dir:Path, log=print) -> dict:
+    "What a run checks before any heavy work (the output folder, the experiment name, the data); returns the text splits."
+    from hypercompress.checkpoint import check_output_dir, storage_settings
+    check_output_dir(output_dir)  # a file, under a file, not writable
+    storage_settings(config)  # the experiment names files: a plain file name
+    texts = _texts(config)
+    for split, name in (("train", "training"), ("val", "validation")):
+        if not texts[split].strip(): raise DataError(f"{config.data.distill}: the {name} split holds no text")
+    n_bytes, least = text_bytes(texts["val"]), config.evaluation.min_eval_bytes
+    if n_bytes < least:
+        log(f"   ⚠️ {config.data.distill}: the validation split holds {n_bytes:,} bytes, fewer than "
+            f"evaluation.min_eval_bytes={least:,}: its BPB will be reported as too small to measure")
+    return texts
+
+def planned_bytes(teacher_params:int, config:HypercompressConfig) -> int:
+    "Bytes the run's checkpoint takes at most: a student at the target ratio, stored once per weights file the storage settings write."
+    from hypercompress.checkpoint import QUANTIZATION_BITS, storage_settings
+    s = storage_settings(config)
+    per_parameter = 4 if s["quantization"] == "none" else QUANTIZATION_BITS[s["quantization"]] / 8 + 2 / s["group_size"]
+    shared = s["export_format"] == "safetensors" and s["safe_serialization"]  # hf/ then hard-links the safetensors file
+    copies = 1 + (s["export_format"] == "safetensors") + (s["save_pretrained"] and not shared)
+    return int(teacher_params / config.targets.compression_ratio * per_parameter * copies)
+
+def check_against_teacher(teacher, tokenizer, texts:dict, config:HypercompressConfig, output_dir:Path, teacher_params:int):
+    "The checks that need the teacher, still before any heavy work: windows it can take, text to fill them, room for the result."
+    from hypercompress.checkpoint import OutputError
+    from hypercompress.models import max_positions
+    limit = max_positions(teacher)
+    for key, value in (("data.seq_len", config.data.seq_len), ("evaluation.seq_len", config.evaluation.seq_len)):
+        if limit is not None and value > limit:
+            raise ValueError(f"{key}={value} is longer than the {limit:,} positions the teacher's config allows")
+    sources = dict(train=config.data.distill, finetune_train=config.data.finetune or config.data.distill)
+    for split, source in sources.items():
+        if split == "finetune_train" and texts[split] is texts["train"]: continue
+        if (n := len(encode_text(tokenizer, texts[split]))) < config.data.seq_len:
+            raise DataError(f"{source}: its training text has {n:,} tokens, fewer than data.seq_len={config.data.seq_len}")
+    needed, free = planned_bytes(teacher_params, config), shutil.disk_usage(output_dir).free
+    if free < needed:
+        raise OutputError(f"{output_dir}: {free:,} bytes free, but the checkpoint this run plans takes about {needed:,}")
+
+@contextmanager
+def _keep_if_diverged(student, tokenizer, output_dir:Path, config:HypercompressConfig, plan, enabled:bool=True):
+    "On `TrainingDivergedError`: save the student's last good weights beside the result (never as it), and say where."
+    from hypercompress.checkpoint import keep_aside, new_staging, storage_settings, write_checkpoint
+    from hypercompress.distill import TrainingDivergedError
+    try: yield
+    except TrainingDivergedError as error:
+        if not enabled: raise
+        staging = new_staging(output_dir)
+        try:
+            write_checkpoint(student, tokenizer, staging, storage_settings(config), config=config, plan=plan,
+                             metrics=dict(diverged=str(error)))
+            (staging / "DIVERGED.txt").write_text(f"{error}\n\nThe last good weights of a run whose training diverged. "
+                                                  f"They are not the run's result: nothing was published.\n")
+            folder = keep_aside(staging, output_dir, "diverged")
+        finally: shutil.rmtree(staging, ignore_errors=True)
+        raise TrainingDivergedError(f"{error} The last good weights are in {folder}; they are not the result (nothing was "
+                                    f"published).", error.result) from None
+
 # %% ../nbs/22_pipeline.ipynb #6aa964d5
 def run_pipeline(config=None, # YAML path, `HypercompressConfig`, or None for the defaults
                  *,
@@ -292,29 +353,38 @@ def run_pipeline(config=None, # YAML path, `HypercompressConfig`, or None for th
                  teacher_bpb:float|None=None, # the teacher's val BPB already measured on the same data and evaluation settings: not measured again
                 ) -> dict|None:
     "Plan, compress, distill, fine-tune, save, reload and evaluate; returns the summary (also written as summary.json), or None on processes other than 0 under `accelerate launch`."
-    from hypercompress.checkpoint import load as load_saved, save_checkpoint
-    from hypercompress.distill import distill
-    from hypercompress.finetune import finetune
+    from hypercompress.checkpoint import locked_output
     config = _resolve_config(config, _overrides(ratio, distill_data, finetune_data, seq_len, stride, max_chunks, batch_size)
                              + list(overrides or []))
     output_dir = Path(output_dir or config.storage.checkpoint_dir)
-    experiment = config.logging.experiment
-    torch.manual_seed(config.seed)
     process = process_state()  # device: CUDA when present; rank and world size under `accelerate launch`
     if not process.is_main_process: log = lambda *a, **k: None  # process 0 reports for all
+    texts = preflight(config, output_dir, log)
+    def run(): return _run(config, texts, output_dir, process, teacher_model=teacher_model, student_model=student_model,
+                           teacher_checkpoint=teacher_checkpoint, log=log, on_evaluation=on_evaluation, teacher_bpb=teacher_bpb)
+    if not process.is_main_process: return run()  # only process 0 writes the output folder
+    with locked_output(output_dir, log): return run()  # a second run into the same folder is refused now, not after training
+
+def _run(config:HypercompressConfig, texts:dict, output_dir:Path, process, *, teacher_model, student_model, teacher_checkpoint,
+         log, on_evaluation, teacher_bpb) -> dict|None:
+    "The run itself, on a resolved config and the checked text splits, with the output folder locked."
+    from hypercompress.checkpoint import load as load_saved, new_staging, publish, storage_settings, write_checkpoint
+    from hypercompress.distill import distill
+    from hypercompress.finetune import finetune
+    torch.manual_seed(config.seed)
     timer, evaluation = PhaseTimer(log), config.evaluation
 
     def val_bpb(model, model_tokenizer=None):
         if not evaluation.run_ppl or not process.is_main_process: return None
-        return evaluate_bpb(model, model_tokenizer or tokenizer, texts["val"], seq_len=evaluation.seq_len, max_tokens=evaluation.max_eval_tokens)["bpb"]
+        return evaluate_bpb(model, model_tokenizer or tokenizer, texts["val"], seq_len=evaluation.seq_len, max_tokens=evaluation.max_eval_tokens)
 
     with timer.phase("baseline", "🔍 Baseline analysis..."):
         teacher, tokenizer, origin = load_any(teacher_checkpoint or teacher_model)
         teacher.eval().to(process.device)
-        base = densify(copy.deepcopy(teacher)) if teacher_checkpoint else teacher
-        texts = _texts(config)
         teacher_params = count_parameters(teacher)
-        if teacher_bpb is None: teacher_bpb = val_bpb(teacher)  # a caller running several compressions measures it once
+        if process.is_main_process: check_against_teacher(teacher, tokenizer, texts, config, output_dir, teacher_params)
+        base = densify(copy.deepcopy(teacher)) if teacher_checkpoint else teacher
+        if teacher_bpb is None: teacher_bpb = (val_bpb(teacher) or {}).get("bpb")  # a caller running several compressions measures it once
         log(f"   teacher: {teacher_params:,} parameters, validation BPB {teacher_bpb if teacher_bpb is None else round(teacher_bpb, 4)}")
         if student_model:
             base, base_tokenizer, _ = load_any(student_model)
@@ -340,8 +410,9 @@ def run_pipeline(config=None, # YAML path, `HypercompressConfig`, or None for th
                                                                       reasons, log=log)
     log(f"   {'designed' if designed else 'compressed'}: {count_parameters(student):,} parameters "
         f"({teacher_params / count_parameters(student):.2f}x, counted)")
+    keep_if_diverged = lambda: _keep_if_diverged(student, student_tokenizer, output_dir, config, plan, process.is_main_process)
 
-    with timer.phase("distill", "🎓 Distilling knowledge..."):
+    with timer.phase("distill", "🎓 Distilling knowledge..."), keep_if_diverged():
         if designed: distilled = distill_student(teacher, tokenizer, vocab, student, texts["train"], config, log=log)
         else:
             chunks = make_chunks(tokenizer, texts["train"], config.data.seq_len, config.data.stride, config.data.max_chunks)
@@ -354,32 +425,31 @@ def run_pipeline(config=None, # YAML path, `HypercompressConfig`, or None for th
         torch.distributed.destroy_process_group()
     if not process.is_main_process: return None
     ft_chunks = make_chunks(student_tokenizer, texts["finetune_train"], config.data.seq_len, config.data.stride, config.data.max_chunks)
-    with timer.phase("finetune", "🔧 Fine-tuning..."):
+    with timer.phase("finetune", "🔧 Fine-tuning..."), keep_if_diverged():
         tuned = finetune(student, student_tokenizer, ft_chunks, texts["finetune_dev"], config, log=log, on_evaluation=on_evaluation)
 
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{experiment}.staging-", dir=output_dir.parent))
+    staging = new_staging(output_dir)  # inside the output folder: publishing it is one rename and one pointer switch
     try:
         with timer.phase("save", "💾 Saving checkpoint..."):
-            written = save_checkpoint(student, student_tokenizer, staging, config=config, plan=plan, experiment=experiment,
-                                      metrics=dict(distill=distilled.to_dict(), finetune=tuned.to_dict()))
+            written = write_checkpoint(student, student_tokenizer, staging, storage_settings(config), config=config, plan=plan,
+                                       metrics=dict(distill=distilled.to_dict(), finetune=tuned.to_dict()))
         with timer.phase("evaluate", "📊 Evaluating..."):
             saved, _ = load_saved(staging)  # every number below describes the files just written
             saved.to(process.device)
-            student_bpb = val_bpb(saved, student_tokenizer)
+            evaluated = val_bpb(saved, student_tokenizer)
             ablation = ablate(base_model=base, tokenizer=tokenizer, config=config, calibration=calibration,
                               val_text=texts["val"], reference_params=teacher_params, names=list(artifacts), log=log) if evaluation.ablation_branches and not designed else {}
             if designed and evaluation.ablation_branches: log("   ablation skipped: a designed student has no compression branches")
             benchmarks = run_lm_eval(saved, student_tokenizer, evaluation)
         summary = summarize(teacher_params=teacher_params, student_model=saved, weight_file_bytes=written["storage_bytes"],
-                            teacher_bpb=teacher_bpb, student_bpb=student_bpb, artifacts=artifacts,
+                            teacher_bpb=teacher_bpb, student_bpb=(evaluated or {}).get("bpb"), artifacts=artifacts,
                             tokens=dict(distill=distilled.tokens, finetune=tuned.tokens), phases=timer.seconds,
-                            config=config, plan=plan, origin=origin,
-                            extra=dict(ablation=ablation, benchmarks=benchmarks, files=written.get("files", {}),
+                            config=config, plan=plan, origin=origin, evaluated=evaluated,
+                            extra=dict(ablation=ablation, benchmarks=benchmarks, files=written["files"],
                                        distill_stopped=distilled.stopped_reason, finetune_best_dev_bpb=tuned.best_bpb))
         (staging / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         (staging / "summary.md").write_text(summary_markdown(summary))
-        _publish(staging, output_dir)
+        publish(staging, output_dir)
     finally: shutil.rmtree(staging, ignore_errors=True)
     for line in summary_lines(summary): log(line)
     return summary
