@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['BUDGET_KEYS', 'SIZE_KEYS', 'default_space', 'suggest', 'as_override', 'space_overrides', 'resolve', 'check_space',
            'budget_overrides', 'PruningRule', 'peer_dev_bpbs', 'feasibility', 'run_trial', 'make_sampler', 'search',
-           'pareto_front', 'format_table', 'dominates', 'plot_pareto', 'best_configs_by_size', 'trial_report',
-           'plot_trial', 'trial_browser', 'add_search_command']
+           'open_storage', 'pareto_front', 'format_table', 'dominates', 'plot_pareto', 'best_configs_by_size',
+           'trial_report', 'plot_trial', 'trial_browser', 'add_search_command']
 
 # %% ../nbs/40_search.ipynb #c94c1686
 import contextlib
@@ -15,6 +15,7 @@ import json
 import math
 import statistics
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -281,6 +282,7 @@ def search(config=None, # YAML path, `HypercompressConfig`, or None for the defa
            output_dir:str="sweeps", # trial folders go to output_dir/study_name/trial-N
            overrides:list[str]|None=None, # `key=value` applied to every trial (before the drawn values)
            rule:PruningRule|None=None, # pruning rule (None: `PruningRule()`)
+           heartbeat_interval:int=60, # seconds between a trial's heartbeats; silent for twice this, a trial counts as killed
            log=print,
            verbose:bool=False, # show the pipeline's messages and progress bars
           ):
@@ -291,17 +293,20 @@ def search(config=None, # YAML path, `HypercompressConfig`, or None for the defa
     base = _base_config(config)
     if overrides: base = resolve(base, overrides)
     if not base.evaluation.run_ppl: raise ValueError("evaluation.run_ppl is false: a sweep needs the student's BPB")
+    study_dir = Path(output_dir) / study_name
+    if storage is None: study_dir.mkdir(parents=True, exist_ok=True)
+    url = storage or f"sqlite:///{(study_dir / 'study.db').resolve()}"
+    storage = open_storage(url, heartbeat_interval)  # before the teacher loads: a bad URL fails at once
     from hypercompress.pipeline import load_any
     with contextlib.redirect_stderr(io.StringIO()): teacher, _, _ = load_any(teacher_model)  # quiet GGUF progress bars
     space = space if space is not None else default_space(_hidden_size(teacher))
     check_space(base, space)
     budget_overrides(base, trial_tokens)  # fail on a bad budget before the study is created
-    study_dir = Path(output_dir) / study_name
     study_dir.mkdir(parents=True, exist_ok=True)
-    storage = storage or f"sqlite:///{(study_dir / 'study.db').resolve()}"
     probe = optuna.load_study(study_name=study_name, storage=storage) if _exists(optuna, study_name, storage) else None
     if probe is not None and probe.user_attrs.get("size", size) != size:
         raise ValueError(f"study {study_name!r} minimises size={probe.user_attrs['size']!r}; it cannot be resumed with size={size!r}")
+    stale = _fail_stale(optuna, probe) if probe is not None else []
     done = len(probe.trials) if probe is not None else 0
     study = optuna.create_study(storage=storage, study_name=study_name, directions=["minimize", "minimize"],
                                 sampler=make_sampler(sampler, seed + done, trials), load_if_exists=True)
@@ -309,13 +314,48 @@ def search(config=None, # YAML path, `HypercompressConfig`, or None for the defa
                            distill_data=None if distill_data is None else str(distill_data)).items():
         study.set_user_attr(key, value)
     from hypercompress.distill import TrainingDivergedError
-    log(f"study {study_name!r} in {storage}: {done} trials so far, running {trials} more ({sampler}, seed {seed + done})")
+    states = [trial.state for trial in study.get_trials(deepcopy=False)]
+    log(f"study {study_name!r} in {url}: {sum(state.is_finished() for state in states)} trials so far, running {trials} more "
+        f"({sampler}, seed {seed + done})")
+    for number in stale:
+        log(f"   trial {number} stopped without finishing (no heartbeat for {2 * heartbeat_interval} s: its process was "
+            f"killed): marked failed, its settings queued to run again")
+    if running := sum(state.name == "RUNNING" for state in states):
+        log(f"   {running} trial(s) RUNNING with a recent heartbeat: another process is running them, or was killed less "
+            f"than {2 * heartbeat_interval} s ago (then they are failed and retried later)")
     study.optimize(lambda trial: run_trial(trial, base, teacher_model=teacher_model, distill_data=distill_data, space=space,
                                            size=size, trial_tokens=trial_tokens, rule=rule, study_dir=study_dir,
                                            teacher=teacher, log=log, verbose=verbose),
                    n_trials=trials, timeout=timeout, catch=(TrainingDivergedError,))
     _record_teacher(study)
     return study
+
+def open_storage(url:str, # an Optuna storage URL (SQLAlchemy database URL)
+                 heartbeat_interval:int|None=60, # seconds between trial heartbeats; None: no heartbeat
+                ):
+    "An Optuna `RDBStorage` whose trials send a heartbeat (a killed trial is failed and retried); `ValueError` naming a URL it cannot open."
+    optuna = _optuna()
+    if url.startswith("sqlite:///") and not (folder := Path(url.removeprefix("sqlite:///")).parent).is_dir():
+        raise ValueError(f"storage {url}: the folder {folder} does not exist")
+    try:
+        with warnings.catch_warnings():  # the retry callback is marked experimental
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1) if heartbeat_interval else None
+            return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_interval, heartbeat_stale_trial_callback=retry)
+    except ModuleNotFoundError as error:
+        raise ValueError(f"storage {url}: its database driver is not installed (no module named {error.name!r})") from None
+    except Exception as error:  # SQLAlchemy's ArgumentError, OperationalError ...: a URL it cannot open
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise ValueError(f"storage {url}: cannot open it ({type(error).__name__}: {first})") from None
+
+def _fail_stale(optuna, study) -> list[int]:
+    "Fail the trials whose heartbeat stopped (their process was killed), queueing their settings again; their numbers."
+    running = {trial.number for trial in study.get_trials(deepcopy=False) if trial.state.name == "RUNNING"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    return sorted(trial.number for trial in study.get_trials(deepcopy=False)
+                  if trial.number in running and trial.state.name == "FAIL")
 
 def _exists(optuna, study_name:str, storage:str) -> bool:
     "Whether `storage` holds a study named `study_name`."
@@ -493,20 +533,28 @@ def add_search_command(subparsers):
     p.add_argument("--trial-tokens", type=int, default=None, help="training tokens per phase per trial")
     p.add_argument("--out", default="sweeps", help="folder of the study's trials and reports")
     p.add_argument("--buckets", default=None, help="comma-separated size bounds for the best-config YAMLs (default: the Pareto trials)")
+    p.add_argument("--heartbeat", type=int, default=60, help="seconds between trial heartbeats; a trial silent for twice this was killed")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override applied to every trial (repeatable)")
     p.set_defaults(func=_run_search)
     return p
 
+def _buckets(text:str|None) -> list[float]|None:
+    "The size bounds of `--buckets`, or a `ValueError` naming what is not a number."
+    if text is None: return None
+    try: return [float(bucket) for bucket in text.split(",")]
+    except ValueError: raise ValueError(f"--buckets {text!r}: expected comma-separated numbers, e.g. 20000,50000") from None
+
 def _run_search(args):
+    buckets = _buckets(args.buckets)  # checked before any trial runs
     study = search(args.config, teacher_model=args.teacher_model, distill_data=args.distill_data, trials=args.trials,
                    storage=args.storage, study_name=args.study, size=args.size, sampler=args.sampler, seed=args.seed,
-                   timeout=args.timeout, trial_tokens=args.trial_tokens, output_dir=args.out, overrides=args.overrides)
+                   timeout=args.timeout, trial_tokens=args.trial_tokens, output_dir=args.out, overrides=args.overrides,
+                   heartbeat_interval=args.heartbeat)
     folder = Path(args.out) / args.study
     rows = pareto_front(study)
     (folder / "pareto.json").write_text(json.dumps(rows, indent=2, default=str))
     plot_pareto(study).savefig(folder / "pareto.png")
-    buckets = None if args.buckets is None else [float(b) for b in args.buckets.split(",")]
     written = best_configs_by_size(study, buckets, output_dir=folder / "best")
     print(format_table(rows))
     print(f"{len(study.trials)} trials in study {args.study!r}; Pareto front: {len(rows)}; "
