@@ -491,9 +491,9 @@ def _float_dtype(model:nn.Module) -> str:
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     return str(dtype).removeprefix("torch.")
 
-def _hf_config_dict(model:nn.Module) -> dict:
+def _hf_config_dict(model:nn.Module, use_diff:bool=False) -> dict:
     "The model's Hugging Face config as plain values, without what a save adds (recipe, auto_map) or a GGUF quantization."
-    data = json.loads(model.config.to_json_string(use_diff=False))
+    data = json.loads(model.config.to_json_string(use_diff=use_diff))
     for key in ("hypercompress", "auto_map", "quantization_config"): data.pop(key, None)
     if data.get("model_type") == MODEL_TYPE: data["model_type"] = data.get("base_model_type")  # loaded with remote code
     data.pop("base_model_type", None)
@@ -520,7 +520,7 @@ def _needs_code(description:dict) -> bool:
 
 def _folder_config(model:nn.Module, description:dict, weights_file:str) -> dict:
     "config.json of the Hugging Face folder: the base config, under a model type of its own when loading it needs our code."
-    data, module = _hf_config_dict(model), REMOTE_CODE_FILE.removesuffix(".py")
+    data, module = _hf_config_dict(model, use_diff=True), REMOTE_CODE_FILE.removesuffix(".py")  # as `save_pretrained` writes it
     auto_map = {"AutoModelForCausalLM": f"{module}.HypercompressForCausalLM"}
     if _needs_code(description):
         data.update(model_type=MODEL_TYPE, base_model_type=data["model_type"])

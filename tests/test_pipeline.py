@@ -123,17 +123,18 @@ def test_interrupted_run_keeps_earlier_artifacts(corpus, tmp_path, monkeypatch):
     pipeline.run_pipeline(None, teacher_model="tiny-llama", distill_data=str(corpus), ratio=2, seq_len=32,
                           output_dir=str(out), overrides=overrides, log=lambda m: None)
     before = digest(out)
-    real_save = checkpoint.save_checkpoint
+    real_write = checkpoint.write_checkpoint
 
-    def save_then_crash(*args, **kwargs):
-        real_save(*args, **kwargs)  # files are fully written to the staging folder, then the run dies
+    def write_then_crash(*args, **kwargs):
+        real_write(*args, **kwargs)  # files are fully written to the staging folder, then the run dies
         raise KeyboardInterrupt("simulated interruption")
-    monkeypatch.setattr(checkpoint, "save_checkpoint", save_then_crash)
+    monkeypatch.setattr(checkpoint, "write_checkpoint", write_then_crash)
     with pytest.raises(KeyboardInterrupt):
         pipeline.run_pipeline(None, teacher_model="tiny-llama", distill_data=str(corpus), ratio=3, seq_len=32,
                               output_dir=str(out), overrides=overrides, log=lambda m: None)
     assert digest(out) == before
     assert not [p for p in tmp_path.iterdir() if ".staging-" in p.name]
+    assert not list(out.glob("versions/.staging-*")) and not (out / ".lock").exists()
 
 
 def test_accelerate_data_parallel_matches_one_process(corpus, tmp_path):

@@ -41,3 +41,37 @@ def test_committed_student_bpb(ratio):
     model, tokenizer = load(folder)
     bpb = evaluate_bpb(model, tokenizer, split_text(text).val, seq_len=512)["bpb"]
     assert bpb == pytest.approx(summary["student_bpb"], abs=1e-4)
+
+
+STOCK_TRANSFORMERS = '''
+import sys, builtins
+real_import = builtins.__import__
+def guarded(name, *args, **kwargs):
+    if name.split(".")[0] == "hypercompress": raise ImportError("hypercompress must not be needed")
+    return real_import(name, *args, **kwargs)
+builtins.__import__ = guarded
+from transformers import AutoModelForCausalLM
+try: AutoModelForCausalLM.from_pretrained(sys.argv[1])
+except ValueError as error: print("\\nrefused:", str(error).splitlines()[-1])
+else: print("\\nloaded")
+'''
+
+
+@pytest.mark.parametrize("ratio", [100, 1000])
+def test_committed_student_is_not_loadable_as_a_plain_llama(ratio):
+    "Stock from_pretrained without remote code refuses the int8 folder (instead of random weights); once hypercompress is imported it reads it."
+    import subprocess
+    import sys
+
+    from transformers import AutoModelForCausalLM
+
+    from hypercompress.checkpoint import load
+    folder = STUDENTS / f"{ratio}x" / "hf"
+    if not folder.is_dir(): pytest.skip(f"{folder} not committed")
+    stock = subprocess.run([sys.executable, "-c", STOCK_TRANSFORMERS, str(folder)], capture_output=True, text=True,
+                           stdin=subprocess.DEVNULL)
+    last = stock.stdout.strip().splitlines()[-1]  # after transformers' own prompt, which stdin=/dev/null answers
+    assert last.startswith("refused:") and "trust_remote_code=True" in last, stock.stdout
+    model, tokenizer = load(folder)
+    ids = torch.tensor([tokenizer("To be, or not to be")["input_ids"]])
+    with torch.no_grad(): assert torch.equal(AutoModelForCausalLM.from_pretrained(folder).eval()(ids).logits, model(ids).logits)

@@ -13,6 +13,7 @@ from torch import Tensor
 from torch import nn
 from transformers.utils import cached_file
 from transformers.models.llama.modeling_llama import LlamaForCausalLM as _HypercompressBase
+from transformers.models.llama.configuration_llama import LlamaConfig as _HypercompressBaseConfig
 
 
 def _rebuild(model:nn.Module, recipe:list[dict], builders:dict) -> nn.Module:
@@ -131,8 +132,15 @@ def read_weights(path) -> dict[str, Tensor]:
 MODULE_BUILDERS = {}
 
 
+class HypercompressModelConfig(_HypercompressBaseConfig):
+    "`LlamaConfig` under the model type of compressed checkpoints: without this file, `from_pretrained` refuses the folder."
+    model_type = "hypercompress"
+
+
 class HypercompressForCausalLM(_HypercompressBase):
     "`LlamaForCausalLM` whose compressed modules (`config.hypercompress['recipe']`) are rebuilt empty before the weights load."
+    config_class = HypercompressModelConfig
+
     def __init__(self, config, *args, **kwargs):
         super().__init__(config, *args, **kwargs)
         _rebuild(self, (getattr(config, "hypercompress", None) or {}).get("recipe", []), MODULE_BUILDERS)
