@@ -692,7 +692,9 @@ def remove_leftovers(out_dir:Path) -> list[str]:
     return lines
 
 def _version_name() -> str:
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+    "UTC time to the microsecond (names sort in the order they were made), and a random suffix."
+    now = time.time()
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f".{int(now * 1e6) % 1_000_000:06d}Z-{uuid.uuid4().hex[:6]}"
 
 def new_staging(out_dir:Path) -> Path:
     "An empty folder to write a run into, inside `out_dir` so that publishing it is a rename on one filesystem."
@@ -728,6 +730,13 @@ def _keep_earlier(out_dir:Path, items:list[Path]) -> Path:
     os.rename(staging, version)
     return version
 
+def _adopt_earlier(out_dir:Path, items:list[Path]) -> Path:
+    "Make an earlier result's top-level files a version behind the pointer, with links in their place; returns the version."
+    version = _keep_earlier(out_dir, items)
+    if not (out_dir / CURRENT).is_symlink(): _point(out_dir, version)  # the same bytes: readers still see the earlier result
+    _relink(out_dir, items)
+    return version
+
 def _point(out_dir:Path, version:Path):
     "Switch `out_dir/current` to `version`: a new symlink renamed over the old one, one atomic step."
     temporary = out_dir / f".{CURRENT}.{uuid.uuid4().hex[:8]}"
@@ -736,7 +745,7 @@ def _point(out_dir:Path, version:Path):
     _fsync_dir(out_dir)
 
 def _relink(out_dir:Path, earlier:list[Path]):
-    "Each name of the current version as a link `name -> current/name`; an earlier result's own files make way for them."
+    "Each name of the current version as a link `name -> current/name`; an earlier result's own files (kept) make way for them."
     names = sorted(path.name for path in (out_dir / CURRENT).iterdir())
     for item in earlier:  # kept, hard-linked, in their own version folder
         if item.is_dir():
@@ -757,14 +766,14 @@ def publish(staging:Path, # a complete run, written into a folder from `new_stag
             out_dir:Path, # its output folder, held by `locked_output`
            ) -> Path:
     "Make `staging` the result of `out_dir` in one step (the `current` pointer, switched atomically); returns its version folder."
-    keep = {result_folder(out_dir).name} if (out_dir / CURRENT).is_symlink() else set()
     earlier = _earlier_result(out_dir)
-    if earlier: keep.add(_keep_earlier(out_dir, earlier).name)
+    kept = {_adopt_earlier(out_dir, earlier).name} if earlier else set()
+    keep = kept | ({result_folder(out_dir).name} if (out_dir / CURRENT).is_symlink() else set())
     _fsync_tree(staging)
     version = out_dir / VERSIONS / _version_name()
     os.rename(staging, version)
     _point(out_dir, version)
-    _relink(out_dir, earlier)
+    _relink(out_dir, [])
     for old in sorted((out_dir / VERSIONS).iterdir()):  # the one before stays, for readers still holding it
         if not old.name.startswith(".") and old.name not in keep | {version.name}: shutil.rmtree(old)
     return version
