@@ -39,10 +39,12 @@ class PhaseTimer:
 # %% ../nbs/22_pipeline.ipynb #1cb08d8d
 def _is_checkpoint(path:Path) -> bool:
     "Whether `path` is something `save_checkpoint` wrote."
+    from hypercompress.checkpoint import REMOTE_CODE_FILE
     if path.suffix == ".pt" and path.is_file(): return True
     for folder in (path, path / "hf"):
         config = folder / "config.json"
         if not config.is_file(): continue
+        if (folder / REMOTE_CODE_FILE).is_file(): return True  # even if its config lost the recipe: the checkpoint loader says so
         try:
             if "hypercompress" in json.loads(config.read_text()): return True
         except ValueError: return True  # unreadable: let the checkpoint loader name the broken file

@@ -342,8 +342,9 @@ def open_storage(url:str, # an Optuna storage URL (SQLAlchemy database URL)
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1) if heartbeat_interval else None
             return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_interval, heartbeat_stale_trial_callback=retry)
-    except ModuleNotFoundError as error:
-        raise ValueError(f"storage {url}: its database driver is not installed (no module named {error.name!r})") from None
+    except ImportError as error:  # optuna reports a missing driver as "Failed to import DB access module"
+        name = getattr(error, "name", None) or getattr(error.__cause__, "name", None)
+        raise ValueError(f"storage {url}: its database driver is not installed (no module named {name!r})") from None
     except Exception as error:  # SQLAlchemy's ArgumentError, OperationalError ...: a URL it cannot open
         first = str(error).strip().splitlines()[0] if str(error).strip() else ""
         raise ValueError(f"storage {url}: cannot open it ({type(error).__name__}: {first})") from None

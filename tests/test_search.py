@@ -218,3 +218,45 @@ def test_console_script_search(tmp_path, corpus):
     assert "1 trials in study 'cli'" in done.stdout and (tmp_path / "sweeps" / "cli" / "pareto.json").is_file()
     bad = subprocess.run([exe, *common, "--set", "distillation.kl_wieght=1"], capture_output=True, text=True, cwd=tmp_path)
     assert bad.returncode == 2 and "did you mean 'kl_weight'" in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+
+
+HANGING = '''
+import sys, time
+import hypercompress.pipeline as pipeline
+pipeline.run_pipeline = lambda *args, **kwargs: time.sleep(600)  # a trial still running when its process is killed
+from hypercompress.cli import main
+main(sys.argv[1:])
+'''
+
+
+def test_killed_trial_is_failed_and_retried_on_resume(tmp_path, corpus):
+    "SIGKILL mid-trial: on resume Optuna's heartbeat marks the trial failed (not RUNNING for ever) and its settings run again."
+    import signal
+    import subprocess
+    import time
+    storage = f"sqlite:///{tmp_path / 'killed.db'}"
+    common = ["search", "--teacher-model", "tiny-llama", "--distill-data", str(corpus), "--trials", "1", "--study", "killed",
+              "--storage", storage, "--trial-tokens", "128", "--out", str(tmp_path / "sweeps"), "--heartbeat", "1",
+              *[a for s in [*BASE, f"logging.log_dir={tmp_path}/logs"] for a in ("--set", s)]]
+    hanging = subprocess.Popen([sys.executable, "-c", HANGING, *common], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, cwd=tmp_path)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and hanging.poll() is None:
+            try: trials = optuna.load_study(study_name="killed", storage=storage).trials
+            except Exception: trials = []  # the study is not there yet
+            if trials and trials[0].state == TrialState.RUNNING and "output_dir" in trials[0].user_attrs: break
+            time.sleep(0.2)
+        assert hanging.poll() is None, hanging.communicate()[1][-3000:]
+        time.sleep(1)  # a heartbeat or two
+    finally:
+        hanging.send_signal(signal.SIGKILL)
+        hanging.wait()
+    time.sleep(4)  # silent for longer than the grace period (twice the heartbeat interval; SQLite times are to the second)
+    lines = []
+    study = search(base_config(tmp_path), teacher_model="tiny-llama", distill_data=str(corpus), trials=1, storage=storage,
+                   study_name="killed", trial_tokens=128, output_dir=str(tmp_path / "sweeps"), heartbeat_interval=1,
+                   log=lines.append)
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE], ([trial_report(t) for t in study.trials], lines)
+    assert study.trials[1].params == study.trials[0].params  # the killed trial's settings ran again
+    assert "1 trials so far" in lines[0] and any("trial 0 stopped without finishing" in line for line in lines), lines
