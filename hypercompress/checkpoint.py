@@ -18,7 +18,6 @@ __all__ = ['FORMAT_VERSION', 'MODEL_TYPE', 'CHECKPOINT_MODULES', 'QUANTIZATION_B
 # %% ../nbs/23_checkpoint.ipynb #6d6ba472
 import ast
 import builtins
-import copy
 import fcntl
 import importlib
 import inspect

@@ -10,7 +10,6 @@ __all__ = ['LM_EVAL_TASKS', 'PhaseTimer', 'load_any', 'densify', 'compress', 'su
 # %% ../nbs/22_pipeline.ipynb #42b18fc5
 import copy
 import json
-import os
 import shutil
 import tempfile
 import time
