@@ -56,6 +56,7 @@ def evaluate_bpb(model, # causal LM
                  seq_len:int=512, # tokens per non-overlapping window
                  batch_size:int=4, # windows per forward pass
                  max_tokens:int|None=None, # score only the first this many tokens (None = all)
+                finite:bool=True, # refuse a loss that is not finite (False: return it, e.g. for a training curve to judge)
                 ) -> dict:
     "Bits per byte and perplexity of `model` on `text` under the pinned protocol."
     check_eval_settings(model, seq_len, batch_size, max_tokens)
@@ -77,7 +78,7 @@ def evaluate_bpb(model, # causal LM
         for i in range(0, n_full, batch_size): total += window_nll(model, full[i:i + batch_size].to(device), prefix_id).sum().item()
         if len(rest): total += window_nll(model, rest[None].to(device), prefix_id).sum().item()
     finally: model.train(was_training)
-    if not math.isfinite(total):
+    if finite and not math.isfinite(total):
         raise ValueError(f"the loss over {len(ids):,} tokens is {total}: the model's logits hold NaN or infinite values")
     return dict(bpb=total / (math.log(2) * n_bytes), ppl=math.exp(total / len(ids)), nll=total,
                 tokens=len(ids), bytes=n_bytes, complete=complete, seconds=time.perf_counter() - start)

@@ -97,7 +97,7 @@ def finetune(model:nn.Module, # trained in place; ends with its best evaluated w
     def evaluate():
         "Evaluate, record, keep the best weights; True when training should stop."
         result = evaluate_bpb(model, tokenizer, val_text, seq_len=config.evaluation.seq_len, batch_size=eval_batch_size,
-                              max_tokens=eval_max_tokens)
+                              max_tokens=eval_max_tokens, finite=False)  # a NaN is for the caller's pruning rule to see
         train_loss = sum(l * n for l, n in window) / sum(n for _, n in window) if window else None
         curve.append(dict(tokens=tokens, train_loss=train_loss, val_bpb=result["bpb"], val_ppl=result["ppl"]))
         window.clear()
