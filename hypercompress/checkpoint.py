@@ -681,10 +681,10 @@ def remove_leftovers(out_dir:Path) -> list[str]:
     lines = []
     for pattern in _LEFTOVERS:
         for path in sorted(out_dir.glob(pattern)):
-            size = storage_bytes(path)
+            what = "a link" if path.is_symlink() else f"{storage_bytes(path):,} bytes"
             if path.is_dir() and not path.is_symlink(): shutil.rmtree(path)
             else: path.unlink()
-            lines.append(f"removed {path} ({size:,} bytes), left by a run that was interrupted before it finished")
+            lines.append(f"removed {path} ({what}), left by a run that was interrupted before it finished")
     for path in sorted(out_dir.resolve().parent.glob(".*.staging-*")):  # where earlier versions staged a whole run
         lines.append(f"found {path} beside the output folder, left by an interrupted run of an earlier Hypercompress; "
                      f"not removed (it may belong to another output folder)")
