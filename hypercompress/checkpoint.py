@@ -513,6 +513,13 @@ def _link_or_copy(source:Path, target:Path):
     except OSError: shutil.copyfile(source, target)
 
 # %% ../nbs/23_checkpoint.ipynb #e03458a4
+@contextmanager
+def _writing(path:Path):
+    "A failed write (a full disk) as an `OSError` naming the file: safetensors and torch raise errors of their own types."
+    try: yield
+    except (SafetensorError, RuntimeError) as error:
+        raise OSError(f"{path}: cannot write it ({str(error).strip().splitlines()[0]})") from None
+
 def _needs_code(description:dict) -> bool:
     "Whether loading needs this package's modules or unpacking: compressed modules, or int8/int4 weights."
     return bool(description["recipe"]) or bool(description["quantization"])
@@ -537,9 +544,10 @@ def _write_hf_folder(folder:Path, model:nn.Module, tokenizer, tensors:dict, desc
     _write_json(folder / "config.json", _folder_config(model, description, weights_file))
     if getattr(model, "generation_config", None) is not None: model.generation_config.save_pretrained(folder)
     (folder / REMOTE_CODE_FILE).write_text(remote_code(model, description["recipe"], own_model_type=_needs_code(description)))
-    if not safe_serialization: torch.save(tensors, folder / weights_file)
-    elif weights_copy is not None: _link_or_copy(weights_copy, folder / weights_file)
-    else: save_file(tensors, folder / weights_file, metadata=dict(format="pt"))
+    with _writing(folder / weights_file):
+        if not safe_serialization: torch.save(tensors, folder / weights_file)
+        elif weights_copy is not None: _link_or_copy(weights_copy, folder / weights_file)
+        else: save_file(tensors, folder / weights_file, metadata=dict(format="pt"))
     if tokenizer is not None: tokenizer.save_pretrained(folder)
 
 def write_checkpoint(model:nn.Module, # the student
@@ -558,11 +566,12 @@ def write_checkpoint(model:nn.Module, # the student
                    metrics=plain(metrics, "metrics"), recipe=recipe, hf_config=hf_config, format_version=FORMAT_VERSION,
                    quantization=quantized, dtype=description["dtype"])
     names = dict(pt=f"{settings['experiment']}.pt", safetensors=f"{settings['experiment']}.safetensors")
-    torch.save(payload, folder / names["pt"])
+    with _writing(folder / names["pt"]): torch.save(payload, folder / names["pt"])
     weights_copy = None
     if settings["export_format"] == "safetensors":
         weights_copy = folder / names["safetensors"]
-        save_file(tensors, weights_copy, metadata=dict(format="pt", hypercompress=json.dumps(dict(description, hf_config=hf_config))))
+        with _writing(weights_copy):
+            save_file(tensors, weights_copy, metadata=dict(format="pt", hypercompress=json.dumps(dict(description, hf_config=hf_config))))
     if settings["save_pretrained"]:
         _write_hf_folder(folder / "hf", model, tokenizer, tensors, description, settings["safe_serialization"], weights_copy)
     elif tokenizer is not None: tokenizer.save_pretrained(folder / "tokenizer")

@@ -294,13 +294,13 @@ def preflight(config:HypercompressConfig, output_dir:Path, log=print) -> dict:
     return texts
 
 def planned_bytes(teacher_params:int, config:HypercompressConfig) -> int:
-    "Bytes the run's checkpoint takes at most: a student at the target ratio, stored once per weights file the storage settings write."
+    "About the bytes the run's checkpoint takes: a student at the target ratio once per weights file the storage settings write, and a MiB for the rest."
     from hypercompress.checkpoint import QUANTIZATION_BITS, storage_settings
     s = storage_settings(config)
     per_parameter = 4 if s["quantization"] == "none" else QUANTIZATION_BITS[s["quantization"]] / 8 + 2 / s["group_size"]
     shared = s["export_format"] == "safetensors" and s["safe_serialization"]  # hf/ then hard-links the safetensors file
     copies = 1 + (s["export_format"] == "safetensors") + (s["save_pretrained"] and not shared)
-    return int(teacher_params / config.targets.compression_ratio * per_parameter * copies)
+    return int(teacher_params / config.targets.compression_ratio * per_parameter * copies) + 2**20  # tokenizer, configs, code
 
 def check_against_teacher(teacher, tokenizer, texts:dict, config:HypercompressConfig, output_dir:Path, teacher_params:int):
     "The checks that need the teacher, still before any heavy work: windows it can take, text to fill them, room for the result."
