@@ -24,6 +24,7 @@ import inspect
 import json
 import os
 import pickle
+import re
 import shutil
 import socket
 import sys
@@ -423,9 +424,10 @@ def remote_code(model:nn.Module, # the model being saved
 
 # %% ../nbs/23_checkpoint.ipynb #087e5a8b
 def _unpickling_refused(path:Path, error:Exception) -> CheckpointError:
+    first = re.sub(r"\x1b\[[0-9;]*m", "", str(error).splitlines()[0]).strip()  # torch's message carries terminal colours
     return CheckpointError(f"{path}: refused to load it: it holds Python objects other than tensors and plain values, "
                            f"which `torch.load(weights_only=True)` will not unpickle (running them could execute code). "
-                           f"Checkpoints written by Hypercompress never hold any. ({str(error).splitlines()[0]})")
+                           f"Checkpoints written by Hypercompress never hold any. ({first})")
 
 def _corrupt(path:Path, error:Exception) -> CheckpointError:
     first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

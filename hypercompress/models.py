@@ -118,8 +118,9 @@ def from_pretrained_strict(spec:str, # a Hugging Face folder or hub id
     try:
         with _quiet_transformers(): model, info = AutoModelForCausalLM.from_pretrained(spec, output_loading_info=True)
     except pickle.UnpicklingError as error:
+        first = re.sub(r"\x1b\[[0-9;]*m", "", str(error).splitlines()[0]).strip()  # torch's message carries terminal colours
         raise ModelLoadError(f"{spec}: refused to load its weights: they hold pickled Python objects, which "
-                             f"`torch.load(weights_only=True)` will not run ({str(error).splitlines()[0]})") from None
+                             f"`torch.load(weights_only=True)` will not run ({first})") from None
     misfit = {kind: sorted(info.get(f"{kind}_keys") or []) for kind in ("missing", "unexpected", "mismatched")}
     if any(misfit.values()):
         raise ModelLoadError(f"{spec}: the weights do not fit {type(model).__name__}: " + "; ".join(
