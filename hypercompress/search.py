@@ -340,8 +340,12 @@ def open_storage(url:str, # an Optuna storage URL (SQLAlchemy database URL)
     try:
         with warnings.catch_warnings():  # the retry callback is marked experimental
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1) if heartbeat_interval else None
-            return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_interval, heartbeat_stale_trial_callback=retry)
+            # Optuna 4.9 renamed RetryFailedTrialCallback / failed_trial_callback; both names work from there on
+            renamed = hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback")
+            retry = (optuna.storages.RetryHeartbeatStaleTrialCallback if renamed else optuna.storages.RetryFailedTrialCallback)
+            callback = {"heartbeat_stale_trial_callback" if renamed else "failed_trial_callback":
+                        retry(max_retry=1) if heartbeat_interval else None}
+            return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_interval, **callback)
     except ImportError as error:  # optuna reports a missing driver as "Failed to import DB access module"
         name = getattr(error, "name", None) or getattr(error.__cause__, "name", None)
         raise ValueError(f"storage {url}: its database driver is not installed (no module named {name!r})") from None
