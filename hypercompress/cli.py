@@ -178,6 +178,44 @@ def _run_check(args):
           f"({result['tokens']:,} tokens / {result['bytes']:,} bytes)")
     return result
 
+# %% ../nbs/24_cli.ipynb #f382d144
+def _add_cache(subparsers):
+    p = subparsers.add_parser("cache", help="list or clear the shared cache of teacher targets")
+    cache_sub = p.add_subparsers(dest="cache_command", required=True)
+    for name, text in (("list", "show the cached targets and their sizes"), ("clear", "remove cached targets")):
+        q = cache_sub.add_parser(name, help=text)
+        q.add_argument("--dir", default=None, help="the cache folder (default: $HYPERCOMPRESS_CACHE, else ~/.cache/hypercompress)")
+        if name == "clear": q.add_argument("prefixes", nargs="*", metavar="NAME", help="entry names or keys, or their beginnings (default: all)")
+        else: q.add_argument("--json", action="store_true", help="print one JSON object")
+        q.set_defaults(func=_run_cache_list if name == "list" else _run_cache_clear)
+
+def _cache_folder(args):
+    from hypercompress.teacher_cache import targets_dir
+    folder = targets_dir(args.dir)
+    if folder.parent.exists() and not folder.parent.is_dir(): raise ValueError(f"--dir {folder.parent} is a file, not a cache folder")
+    return folder
+
+def _run_cache_list(args):
+    from hypercompress.teacher_cache import cache_entries
+    folder, entries = _cache_folder(args), cache_entries(args.dir)
+    if args.json:
+        print(_json(dict(folder=str(folder), bytes=sum(e.bytes for e in entries),
+                         entries=[dict(name=e.name, bytes=e.bytes, status=e.status, created=e.record.get("created"),
+                                       fields=e.record.get("fields", {})) for e in entries])))
+        return entries
+    print(f"{folder}: {len(entries)} entr{'y' if len(entries) == 1 else 'ies'}, {sum(e.bytes for e in entries):,} bytes")
+    for e in entries:
+        print(f"  {e.name}  {e.bytes:>14,} bytes  {e.record.get('created', '-'):19}  {e.status:10}  {e.describe()}")
+    return entries
+
+def _run_cache_clear(args):
+    from hypercompress.teacher_cache import clear_cache
+    folder = _cache_folder(args)
+    removed = clear_cache(args.dir, args.prefixes or None)
+    print(f"{folder}: removed {len(removed)} entr{'y' if len(removed) == 1 else 'ies'}, {sum(e.bytes for e in removed):,} bytes freed")
+    for e in removed: print(f"  {e.name}")
+    return removed
+
 # %% ../nbs/24_cli.ipynb #3670b794
 def _add_docs(subparsers):
     from hypercompress.docs import add_docs_command  # the docs module imports only the standard library at the top
@@ -199,7 +237,7 @@ def _run_bench(args):
     from hypercompress.bench import results_markdown, run_bench  # torch and the pipeline are imported when it runs
     print(results_markdown(run_bench(args.teacher_model, args.data, quick=args.quick, out=args.out)))
 
-SUBCOMMANDS = [_add_eval, _add_data, _add_plan, _add_run, _add_check, _add_search, _add_bench, _add_docs]
+SUBCOMMANDS = [_add_eval, _add_data, _add_plan, _add_run, _add_check, _add_search, _add_bench, _add_cache, _add_docs]
 
 def build_parser() -> argparse.ArgumentParser:
     "The `hypercompress` argument parser with every registered subcommand."
@@ -210,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv:list[str]|None=None):
     "Entry point of the `hypercompress` console script."
-    from hypercompress.distill import TrainingDivergedError
+    from hypercompress.train import TrainingDivergedError
     args = build_parser().parse_args(argv)
     # The console script passes main's return value to sys.exit, so results are printed, never returned.
     try: args.func(args)

@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['Number', 'Integer', 'ConfigError', 'ConfigSection', 'TargetsConfig', 'LraBranchConfig', 'KvBranchConfig',
            'BltBranchConfig', 'SparsityBranchConfig', 'BranchesConfig', 'DataConfig', 'DistillationConfig',
-           'FinetuneConfig', 'EvaluationConfig', 'StorageConfig', 'LoggingConfig', 'HypercompressConfig',
-           'config_from_dict', 'config_to_dict', 'apply_overrides', 'load_config', 'dump_config']
+           'ComputeConfig', 'FinetuneConfig', 'EvaluationConfig', 'StorageConfig', 'LoggingConfig',
+           'HypercompressConfig', 'config_from_dict', 'config_to_dict', 'apply_overrides', 'load_config', 'dump_config']
 
 # %% ../nbs/00_config.ipynb #37de9aec
 import copy
@@ -258,10 +258,17 @@ class DistillationConfig(ConfigSection):
     token_budget: Integer = Field(1_000_000, ge=0) # training tokens seen; 0 = skip training
     learning_rate: Number = Field(1e-4, gt=0)
     batch_size: Integer = Field(8, ge=1)
-    top_k: Integer = Field(0, ge=0) # teacher logits cached per token; 0 = the full distribution
+    top_k: Integer = Field(0, ge=0) # teacher logits kept (and cached) per token; 0 = the full distribution (live teacher)
+    teacher_targets: Literal['auto', 'cache', 'live'] = 'auto' # cache: the teacher's top-k targets computed once; live: the teacher runs every step; auto: cache when top_k ≥ 1 and no activation is matched
     hierarchical_lora: bool = False # train LoRA adapters on the factors rather than the factors
     student_init: Literal['teacher', 'random'] = 'teacher' # a designed student starts from the teacher's parts (Minitron) or at random
     teacher_top_k: Integer = Field(64, ge=1) # teacher candidates projected per token when the student's vocabulary differs
+
+class ComputeConfig(ConfigSection):
+    "How training uses the machine"
+    precision: Literal['auto', 'bf16', 'fp32'] = 'auto' # autocast of the teacher pass and of training (weights stay fp32); auto = bf16 where the CPU or GPU has it
+    compile: bool = False # train through torch.compile (compiling takes a while; measure before relying on it)
+    threads: Integer | None = Field(None, ge=1) # torch threads while training; None = torch's default
 
 class FinetuneConfig(ConfigSection):
     "Fine-tuning after distillation, with early stopping"
@@ -293,6 +300,7 @@ class StorageConfig(ConfigSection):
     hf_safe_serialization: bool = True # `safe_serialization` for `save_pretrained`
     quantization: Literal['none', 'int8', 'int4'] = 'none' # weight quantization of the stored student
     group_size: Integer = Field(64, ge=1) # values sharing one quantization scale
+    cache_dir: str | None = None # the cache folder: teacher targets go in its targets/ folder; None = $HYPERCOMPRESS_CACHE, else ~/.cache/hypercompress
 
 class LoggingConfig(ConfigSection):
     "Run name and metric sinks"
@@ -309,6 +317,7 @@ class HypercompressConfig(ConfigSection):
     targets: TargetsConfig = TargetsConfig()
     data: DataConfig = DataConfig()
     branches: BranchesConfig = BranchesConfig()
+    compute: ComputeConfig = ComputeConfig()
     distillation: DistillationConfig = DistillationConfig()
     finetune: FinetuneConfig = FinetuneConfig()
     evaluation: EvaluationConfig = EvaluationConfig()

@@ -10,6 +10,7 @@ __all__ = ['LM_EVAL_TASKS', 'PhaseTimer', 'load_any', 'densify', 'compress', 'su
 # %% ../nbs/22_pipeline.ipynb #42b18fc5
 import copy
 import json
+import math
 import shutil
 import tempfile
 import time
@@ -210,8 +211,16 @@ def summary_lines(summary:dict) -> list[str]:
     if summary["origin"]["teacher_params"] != summary["teacher_params"]:
         lines.append(f"Against the original teacher ({summary['origin']['teacher_params']:,} params): "
                      f"param_ratio {summary['origin']['param_ratio']:.2f}x")
+    if (training := summary.get("training")) and training["distill"]["tokens"]:
+        d, f = training["distill"], training["finetune"]
+        lines.append(f"Trained: distillation {d['tokens']:,} tokens = {d['epochs']:.2f} epochs of the {d['epoch_tokens']:,}-token "
+                     f"training windows ({_TARGET_WORDS.get(d['targets'], d['targets'])}, {d['precision']})"
+                     + (f", teacher's own BPB on them {d['teacher_train_bpb']:.4f}" if d.get("teacher_train_bpb") else "")
+                     + (f"; fine-tuning {f['tokens']:,} tokens = {f['epochs']:.2f} epochs" if f["tokens"] else ""))
     lines.append("Phases (s): " + ", ".join(f"{k} {v:.1f}" for k, v in summary["phases"].items()))
     return lines
+
+_TARGET_WORDS = dict(cache="cached teacher targets", live="the teacher in the loop", none="no teacher")
 
 def summary_markdown(summary:dict) -> str:
     "summary.md: the same numbers as summary.json, as a table."
@@ -222,7 +231,8 @@ def summary_markdown(summary:dict) -> str:
             ("teacher_bpb", summary["teacher_bpb"]), ("student_bpb", summary["student_bpb"]), ("retained", summary["retained"]),
             ("evaluated on", f"{summary.get('eval_extent')}: {summary.get('eval_tokens')} tokens, {summary.get('eval_bytes')} bytes"
                              + (" (too small to measure)" if summary.get("too_small_to_measure") else "")),
-            ("tokens", json.dumps(summary["tokens"])), ("phases (s)", json.dumps(summary["phases"]))]
+            ("tokens", json.dumps(summary["tokens"])), ("training", json.dumps(summary.get("training"))),
+            ("phases (s)", json.dumps(summary["phases"]))]
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
     branches = "\n".join(f"| {n} | {b['params_removed']:,} | {b['ratio_alone']:.3f}x |" for n, b in summary["branches"].items())
     return (f"# Hypercompress run summary\n\n| metric | value |\n|---|---|\n{table}\n\n"
@@ -284,6 +294,8 @@ def preflight(config:HypercompressConfig, output_dir:Path, log=print) -> dict:
     from hypercompress.checkpoint import check_output_dir, storage_settings
     check_output_dir(output_dir)  # a file, under a file, not writable
     storage_settings(config)  # the experiment names files: a plain file name
+    from hypercompress.distill import targets_mode  # a later module; only its settings check is needed here
+    targets_mode(config)  # cached targets asked for with settings a cache cannot serve: refused now, by key
     texts = _texts(config)
     for split, name in (("train", "training"), ("val", "validation")):
         if not texts[split].strip(): raise DataError(f"{config.data.distill}: the {name} split holds no text")
@@ -323,7 +335,7 @@ def check_against_teacher(teacher, tokenizer, texts:dict, config:HypercompressCo
 def _keep_if_diverged(student, tokenizer, output_dir:Path, config:HypercompressConfig, plan, enabled:bool=True):
     "On `TrainingDivergedError`: save the student's last good weights beside the result (never as it), and say where."
     from hypercompress.checkpoint import keep_aside, new_staging, storage_settings, write_checkpoint
-    from hypercompress.distill import TrainingDivergedError
+    from hypercompress.train import TrainingDivergedError
     try: yield
     except TrainingDivergedError as error:
         if not enabled: raise
@@ -370,7 +382,7 @@ def _run(config:HypercompressConfig, texts:dict, output_dir:Path, process, *, te
          log, on_evaluation, teacher_bpb) -> dict|None:
     "The run itself, on a resolved config and the checked text splits, with the output folder locked."
     from hypercompress.checkpoint import load as load_saved, new_staging, publish, storage_settings, write_checkpoint
-    from hypercompress.distill import distill
+    from hypercompress.distill import distill, distillation_targets
     from hypercompress.finetune import finetune
     torch.manual_seed(config.seed)
     timer, evaluation = PhaseTimer(log), config.evaluation
@@ -413,11 +425,13 @@ def _run(config:HypercompressConfig, texts:dict, output_dir:Path, process, *, te
         f"({teacher_params / count_parameters(student):.2f}x, counted)")
     keep_if_diverged = lambda: _keep_if_diverged(student, student_tokenizer, output_dir, config, plan, process.is_main_process)
 
+    targets = chunks = None  # the teacher's targets and the training windows of a student with the teacher's vocabulary
     with timer.phase("distill", "🎓 Distilling knowledge..."), keep_if_diverged():
         if designed: distilled = distill_student(teacher, tokenizer, vocab, student, texts["train"], config, log=log)
         else:
             chunks = make_chunks(tokenizer, texts["train"], config.data.seq_len, config.data.stride, config.data.max_chunks)
-            distilled = distill(teacher, student, tokenizer, chunks, config, log=log)
+            targets = distillation_targets(teacher, chunks, config, log=log)  # the shared cache, or the teacher in the loop
+            distilled = distill(targets, student, tokenizer, chunks, config, log=log)
     # Only distillation is data-parallel; process 0 fine-tunes, saves and evaluates, the others are done. Every rank
     # closes the process group first: a rank that exits with gloo's threads still running aborts ("terminate called
     # without an active exception") and takes the launcher down with it.
@@ -447,6 +461,7 @@ def _run(config:HypercompressConfig, texts:dict, output_dir:Path, process, *, te
                             tokens=dict(distill=distilled.tokens, finetune=tuned.tokens), phases=timer.seconds,
                             config=config, plan=plan, origin=origin, evaluated=evaluated,
                             extra=dict(ablation=ablation, benchmarks=benchmarks, files=written["files"],
+                                       training=_training_record(distilled, tuned, targets, chunks),
                                        distill_stopped=distilled.stopped_reason, finetune_best_dev_bpb=tuned.best_bpb))
         (staging / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         (staging / "summary.md").write_text(summary_markdown(summary))
@@ -454,6 +469,16 @@ def _run(config:HypercompressConfig, texts:dict, output_dir:Path, process, *, te
     finally: shutil.rmtree(staging, ignore_errors=True)
     for line in summary_lines(summary): log(line)
     return summary
+
+def _training_record(distilled, tuned, targets, chunks) -> dict:
+    "How much each phase trained, in tokens and in epochs of its windows, from what, at which precision."
+    from hypercompress.teacher_cache import TeacherCache
+    nll = targets.teacher_nll() if isinstance(targets, TeacherCache) else None
+    return dict(distill=dict(tokens=distilled.tokens, epoch_tokens=distilled.epoch_tokens, epochs=distilled.epochs_trained,
+                             targets=distilled.targets, precision=distilled.precision, tokens_per_second=distilled.tokens_per_second,
+                             teacher_train_bpb=nll / math.log(2) * chunks.tokens_per_byte if nll is not None else None),
+                finetune=dict(tokens=tuned.tokens, epoch_tokens=tuned.epoch_tokens, epochs=tuned.epochs_trained,
+                              precision=tuned.precision, tokens_per_second=tuned.tokens_per_second))
 
 # %% ../nbs/22_pipeline.ipynb #e4f6af76
 def ablate(base_model, tokenizer, config, calibration, val_text:str, reference_params:int, names:list[str], log=print) -> dict:

@@ -313,7 +313,7 @@ def search(config=None, # YAML path, `HypercompressConfig`, or None for the defa
     for key, value in dict(size=size, objectives=[SIZE_KEYS[size], "student_bpb"], teacher_model=str(teacher_model),
                            distill_data=None if distill_data is None else str(distill_data)).items():
         study.set_user_attr(key, value)
-    from hypercompress.distill import TrainingDivergedError
+    from hypercompress.train import TrainingDivergedError
     states = [trial.state for trial in study.get_trials(deepcopy=False)]
     log(f"study {study_name!r} in {url}: {sum(state.is_finished() for state in states)} trials so far, running {trials} more "
         f"({sampler}, seed {seed + done})")

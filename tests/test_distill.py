@@ -1,4 +1,4 @@
-"Distillation and fine-tuning (hypercompress.distill, hypercompress.finetune) on tiny models: loss kernels by hand, exact token counts, cache = teacher, LoRA merge, masks, divergence, early stopping."
+"Distillation and fine-tuning (hypercompress.distill, hypercompress.finetune, on hypercompress.train) on tiny models: loss kernels by hand, exact token counts, cache = teacher, LoRA merge, masks, divergence, early stopping."
 import copy
 import math
 
@@ -8,10 +8,12 @@ import torch.nn.functional as F
 
 from hypercompress.config import load_config
 from hypercompress.data import make_chunks
-from hypercompress.distill import (LoraAdapters, TrainingDivergedError, activation_loss, add_lora, budget_batches,
-                                   cache_teacher_topk, distill, kl_loss, layer_map, load_teacher_cache, lora_ranks,
-                                   teacher_topk, topk_kl_loss)
-from hypercompress.finetune import EarlyStopping, finetune
+from hypercompress.distill import distill
+from hypercompress.finetune import finetune
+from hypercompress.lora import LoraAdapters, add_lora, lora_ranks
+from hypercompress.losses import activation_loss, kl_loss, layer_map, teacher_topk, topk_kl_loss
+from hypercompress.teacher_cache import cache_teacher_topk, load_teacher_cache
+from hypercompress.train import EarlyStopping, TrainingDivergedError, budget_batches
 from hypercompress.models import build_tiny_model, count_nonzero, count_parameters, iter_linears, linear_weight
 from hypercompress.sparsity import apply_masks, magnitude_mask
 
@@ -21,7 +23,7 @@ TEXT = ("ROMEO: But, soft! what light through yonder window breaks? It is the ea
 
 def config(*overrides):
     return load_config(None, overrides=["distillation.batch_size=4", "distillation.learning_rate=3e-3", "data.batch_size=4",
-                                        "evaluation.seq_len=64", "seed=0", *overrides])
+                                        "evaluation.seq_len=64", "seed=0", "compute.precision=fp32", *overrides])
 
 
 @pytest.fixture(scope="module")
@@ -202,7 +204,7 @@ def test_finetune_exact_tokens_and_best_restored(teacher):
 
 
 def test_metric_sinks_say_when_skipped(tmp_path):
-    from hypercompress.distill import MetricSinks
+    from hypercompress.train import MetricSinks
     pytest.importorskip("torch.utils.tensorboard")
     lines = []
     settings = config(f"logging.log_dir={tmp_path}", "logging.experiment=x", "logging.tensorboard=true",
