@@ -174,11 +174,10 @@ class CacheEntry:
     "One set of cached targets: its data file and its record."
     path: Path # the data file
     record: dict # the JSON record (empty when there is none)
+    bytes: int = 0 # of the data file and its record, when listed
 
     @property
     def name(self) -> str: return self.path.stem
-    @property
-    def bytes(self) -> int: return sum(p.stat().st_size for p in (self.path, record_path(self.path)) if p.is_file())
     @property
     def status(self) -> str:
         if not self.record: return "no record"
@@ -200,11 +199,13 @@ def cache_entries(cache_dir:str|os.PathLike|None=None) -> list[CacheEntry]:
         except (OSError, ValueError): record = {}
         record = record if isinstance(record, dict) else {}
         data = folder / record["file"] if isinstance(record.get("file"), str) else record_file
-        entries.append(CacheEntry(data, record))
+        entries.append(CacheEntry(data, record, _size(data) + _size(record_file)))
         recorded |= {data.name, record_file.name}
-    entries += [CacheEntry(p, {}) for p in sorted(folder.iterdir())
+    entries += [CacheEntry(p, {}, _size(p)) for p in sorted(folder.iterdir())
                 if p.is_file() and not p.name.startswith(".") and p.name not in recorded]
     return sorted(entries, key=lambda e: e.name)
+
+def _size(path:Path) -> int: return path.stat().st_size if path.is_file() else 0
 
 def clear_cache(cache_dir:str|os.PathLike|None=None,
                 prefixes:list[str]|None=None, # entry names or keys (or their beginnings); None = everything
@@ -216,13 +217,12 @@ def clear_cache(cache_dir:str|os.PathLike|None=None,
         unknown = [p for p in prefixes if not any(matches(e, p) for e in entries)]
         if unknown: raise ValueError(f"no cached targets in {targets_dir(cache_dir)} match {', '.join(map(repr, unknown))}")
         entries = [e for e in entries if any(matches(e, p) for p in prefixes)]
-    sizes = [(e, e.bytes) for e in entries]
     folder = targets_dir(cache_dir)
-    for entry, _ in sizes:
+    for entry in entries:
         for p in (entry.path, record_path(entry.path), folder / f".{entry.path.stem}.lock"): p.unlink(missing_ok=True)
     if not prefixes and folder.is_dir():
         for leftover in folder.glob(".*.tmp"): leftover.unlink(missing_ok=True)  # what killed writes left
-    return [entry for entry, _ in sizes]
+    return entries
 
 # %% ../nbs/19b_teacher_cache.ipynb #e6470847
 CACHE_FORMAT = "hypercompress-teacher-topk-1"
