@@ -115,6 +115,11 @@ def _model_device(model:nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 # %% ../nbs/20_distill.ipynb #c21160fa
+def _positions(counted:Tensor):
+    "x -> x at the counted positions, in reading order: a view when every position counts (no copy, no scatter back)."
+    if bool(counted.all()): return lambda x: x.flatten(0, 1)
+    return lambda x: x[counted]
+
 class _Distiller:
     "One distillation run's state: the models, the terms and how to compute them."
     def __init__(self, source, student, config, lora_rank):
@@ -159,16 +164,17 @@ class _Distiller:
         out = self.forward(input_ids=ids, output_hidden_states=hidden, use_cache=False)
         terms = {}
         if "ce" in w: terms["ce"] = next_token_cross_entropy(out.logits, ids, counted)
-        student_logits = out.logits[counted]
+        pick = _positions(counted)
+        student_logits = pick(out.logits)
         if self.cache is None and self.teacher is None: return terms  # no teacher: cross-entropy only
         if self.cache is not None:
             if "kl" in w:
-                indices, logprobs, rest = (x.to(ids.device)[counted] for x in self.cache.lookup(windows.cpu()))
+                indices, logprobs, rest = (pick(x.to(ids.device)) for x in self.cache.lookup(windows.cpu()))
                 terms["kl"] = topk_kl_loss(student_logits, indices, logprobs, T, direction, rest)
             return terms
         with torch.no_grad(): teacher_out = self.teacher(input_ids=ids, output_hidden_states=hidden, use_cache=False)
         if "kl" in w:
-            teacher_logits = teacher_out.logits[counted]
+            teacher_logits = pick(teacher_out.logits)
             if self.top_k:
                 indices, logprobs, rest = teacher_topk(teacher_logits, self.top_k, T)
                 terms["kl"] = topk_kl_loss(student_logits, indices, logprobs, T, direction, rest)
