@@ -640,9 +640,9 @@ def results_markdown(results:dict) -> str:
                   f"{passes['fp32']['tokens_per_second']:.0f} tokens/s in fp32 and {passes['bf16']['tokens_per_second']:.0f} in bf16. "
                   f"Ceiling: the {t['precision']} matmul rate over the FLOPs of a training step per token (3 × forward, counted), "
                   "plus the teacher's forward pass with the teacher in the loop:", "",
-                  "| student | params | training GFLOP/token | live teacher tokens/s | ceiling | of ceiling | cached targets tokens/s | ceiling | of ceiling |",
+                  "| student | params | training MFLOP/token | live teacher tokens/s | ceiling | of ceiling | cached targets tokens/s | ceiling | of ceiling |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        lines += [f"| {name} | {s['params']:,} | {s['training_flops_per_token'] / 1e9:.3f} | {s['live_tokens_per_second']:.0f} | "
+        lines += [f"| {name} | {s['params']:,} | {s['training_flops_per_token'] / 1e6:,.1f} | {s['live_tokens_per_second']:.0f} | "
                   f"{s['live_ceiling']:.0f} | {s['live_fraction']:.0%} | {s['cached_tokens_per_second']:.0f} | {s['cached_ceiling']:.0f} | "
                   f"{s['cached_fraction']:.0%} |" for name, s in t["students"].items()]
     if "distill" in speed:  # results.json of runs before the training-throughput table

@@ -17,7 +17,8 @@ from torch import Tensor, nn
 
 from .data import TokenChunks
 from .lora import add_lora, lora_ranks
-from .losses import activation_loss, kl_loss, layer_map, next_token_cross_entropy, teacher_topk, topk_kl_loss
+from .losses import (activation_loss, kl_loss, layer_map, next_token_cross_entropy, teacher_topk, topk_kl_ce,
+                                  topk_kl_loss)
 from .models import model_structure, process_state
 from .teacher_cache import TeacherCache, check_teacher_cache, load_teacher_cache, shared_teacher_topk
 from .train import (MetricSinks, StepLogging, TrainingDivergedError, TrainingLoop, budget_batches, torch_threads,
@@ -162,23 +163,21 @@ class _Distiller:
         w, T, direction = self.weights, self.settings.temperature, self.settings.kl_direction
         hidden = "hidden" in w
         out = self.forward(input_ids=ids, output_hidden_states=hidden, use_cache=False)
-        terms = {}
-        if "ce" in w: terms["ce"] = next_token_cross_entropy(out.logits, ids, counted)
         pick = _positions(counted)
-        student_logits = pick(out.logits)
-        if self.cache is None and self.teacher is None: return terms  # no teacher: cross-entropy only
+        student_logits, teacher_out, topk = pick(out.logits), None, None  # topk: the teacher's (indices, log p, rest)
         if self.cache is not None:
-            if "kl" in w:
-                indices, logprobs, rest = (pick(x.to(ids.device)) for x in self.cache.lookup(windows.cpu()))
-                terms["kl"] = topk_kl_loss(student_logits, indices, logprobs, T, direction, rest)
-            return terms
-        with torch.no_grad(): teacher_out = self.teacher(input_ids=ids, output_hidden_states=hidden, use_cache=False)
-        if "kl" in w:
-            teacher_logits = pick(teacher_out.logits)
-            if self.top_k:
-                indices, logprobs, rest = teacher_topk(teacher_logits, self.top_k, T)
-                terms["kl"] = topk_kl_loss(student_logits, indices, logprobs, T, direction, rest)
-            else: terms["kl"] = kl_loss(student_logits, teacher_logits, T, direction)
+            if "kl" in w: topk = [pick(x.to(ids.device)) for x in self.cache.lookup(windows.cpu())]
+        elif self.teacher is not None:
+            with torch.no_grad(): teacher_out = self.teacher(input_ids=ids, output_hidden_states=hidden, use_cache=False)
+            if "kl" in w and self.top_k: topk = teacher_topk(pick(teacher_out.logits), self.top_k, T)
+        terms = {}
+        if topk is not None and self._fused(counted, topk[0], student_logits):
+            terms.update(self._fused_terms(student_logits, ids, *topk))
+        else:
+            if "ce" in w: terms["ce"] = next_token_cross_entropy(out.logits, ids, counted)
+            if "kl" in w and topk is not None: terms["kl"] = topk_kl_loss(student_logits, topk[0], topk[1], T, direction, topk[2])
+            elif "kl" in w and teacher_out is not None: terms["kl"] = kl_loss(student_logits, pick(teacher_out.logits), T, direction)
+        if teacher_out is None: return terms  # a cache or no teacher: no activations to match
         if hidden:
             if out.hidden_states is None or teacher_out.hidden_states is None:
                 raise ValueError("the model returned no hidden states; set distillation.activation_weight=0 for it")
@@ -188,6 +187,16 @@ class _Distiller:
             terms["attention"] = _matched_loss(self.student_attention, self.teacher_attention, self.mapping,
                                                self.extra["attention"], counted)
         return terms
+
+    def _fused(self, counted:Tensor, indices:Tensor, logits:Tensor) -> bool:
+        "Whether `topk_kl_ce` computes this step's KL and CE: forward top-k KL and CE, every position counted, k < V."
+        return ("ce" in self.weights and self.settings.kl_direction == "forward" and indices.shape[-1] < logits.shape[-1]
+                and bool(counted.all()))
+
+    def _fused_terms(self, logits:Tensor, ids:Tensor, indices:Tensor, logprobs:Tensor, rest:Tensor) -> dict[str, Tensor]:
+        targets = torch.cat([ids[:, 1:], ids.new_full((len(ids), 1), -1)], 1).flatten()  # a window's last position has none
+        kl, ce = topk_kl_ce(logits, indices, logprobs, rest, targets, self.settings.temperature)
+        return dict(ce=ce, kl=kl)
 
     def close(self):
         "Remove hooks; merge the adapters into the student."

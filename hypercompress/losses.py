@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['KL_DIRECTIONS', 'kl_loss', 'teacher_topk', 'topk_kl_loss', 'next_token_cross_entropy', 'next_token_logprobs',
-           'activation_loss', 'layer_map']
+           'activation_loss', 'topk_kl_ce', 'layer_map']
 
 # %% ../nbs/18_losses.ipynb #3a2ddf33
 import torch
@@ -103,6 +103,63 @@ def activation_loss(student_hidden:Tensor, # (..., D_S)
                          "pass a projection nn.Linear(D_S, D_T) when the widths differ")
     target = teacher_hidden.detach().float()
     return F.mse_loss(h.float(), target) / target.var(unbiased=False).clamp_min(1e-12)
+
+# %% ../nbs/18_losses.ipynb #4ecc8d04
+class _TopkKLCE(torch.autograd.Function):
+    "T²·mean KL over k+1 buckets and mean CE of the same logits, a few rows at a time, with the closed-form gradient."
+    @staticmethod
+    def forward(ctx, z, indices, logprobs, rest, targets, T, rows):
+        N = z.shape[0]
+        lse_T, lse_rest, lse_1, kl, ce = (torch.empty(N, device=z.device) for _ in range(5))
+        for s in range(0, N, rows):
+            part, idx, t = slice(s, s + rows), indices[s:s + rows], targets[s:s + rows]
+            zf = z[part].float()
+            u = zf / T
+            lse_T[part] = u.logsumexp(-1)
+            lse_rest[part] = u.scatter(-1, idx, float("-inf")).logsumexp(-1)
+            log_q = torch.cat([u.gather(-1, idx) - lse_T[part, None], (lse_rest[part] - lse_T[part])[:, None]], -1)
+            log_p = torch.cat([logprobs[part], rest[part, None]], -1)
+            p = log_p.exp()
+            kl[part] = (p * torch.where(p > 0, log_p - log_q, 0.0)).sum(-1)
+            lse_1[part] = zf.logsumexp(-1)
+            ce[part] = torch.where(t >= 0, lse_1[part] - zf.gather(-1, t.clamp(min=0)[:, None])[:, 0], 0.0)
+        ctx.save_for_backward(z, indices, logprobs, rest, targets, lse_T, lse_rest, lse_1)
+        ctx.T, ctx.rows, ctx.n_ce = T, rows, int((targets >= 0).sum())
+        return T * T * kl.mean(), ce.sum() / max(ctx.n_ce, 1)
+
+    @staticmethod
+    def backward(ctx, grad_kl, grad_ce):
+        z, indices, logprobs, rest, targets, lse_T, lse_rest, lse_1 = ctx.saved_tensors
+        T, rows = ctx.T, ctx.rows
+        grad = torch.empty_like(z)
+        kl_scale, ce_scale = grad_kl * T / z.shape[0], grad_ce / max(ctx.n_ce, 1)  # ∂(T²·mean KL)/∂z = (T/N)·∂KL/∂u
+        for s in range(0, z.shape[0], rows):
+            part, idx, t = slice(s, s + rows), indices[s:s + rows], targets[s:s + rows]
+            zf = z[part].float()
+            q = (zf / T - lse_T[part, None]).exp()
+            p_K, p_rest = logprobs[part].exp(), rest[part].exp()
+            S, q_rest = p_K.sum(-1) + p_rest, (lse_rest[part] - lse_T[part]).exp()
+            g = q * (S - p_rest / q_rest)[:, None]  # v outside the top k
+            g.scatter_(-1, idx, q.gather(-1, idx) * S[:, None] - p_K)  # v in the top k
+            g.mul_(kl_scale)
+            has = (t >= 0).to(zf.dtype)
+            g.add_((zf - lse_1[part, None]).exp() * (has * ce_scale)[:, None])  # softmax(z) − 1_y
+            g.scatter_add_(-1, t.clamp(min=0)[:, None], -(has * ce_scale)[:, None])
+            grad[part] = g.to(grad.dtype)
+        return grad, None, None, None, None, None, None
+
+def topk_kl_ce(student_logits:Tensor, # (N, V) student logits z_S, one row per position
+               topk_indices:Tensor, # (N, k) teacher's top-k token ids
+               topk_logprobs:Tensor, # (N, k) teacher log-probabilities at temperature T
+               rest_logprobs:Tensor, # (N,) teacher log-mass outside the top k
+               targets:Tensor, # (N,) the next token of each position, −1 where there is none
+               temperature:float=1.0,
+               rows:int=64, # rows computed at a time
+              ) -> tuple[Tensor, Tensor]:
+    "(T²·forward KL over k+1 buckets, next-token CE): `topk_kl_loss` and `next_token_cross_entropy` in one fused pass."
+    if topk_indices.shape[-1] >= student_logits.shape[-1]: raise ValueError("k = V has no rest bucket: use topk_kl_loss")
+    return _TopkKLCE.apply(student_logits, topk_indices.long(), topk_logprobs.float(), rest_logprobs.float(), targets.long(),
+                           float(temperature), rows)
 
 # %% ../nbs/18_losses.ipynb #927874d6
 def layer_map(n_student:int, # L_S

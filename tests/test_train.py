@@ -44,13 +44,15 @@ def teacher():
 
 @pytest.mark.parametrize("run", list(RUNS))
 def test_distillation_losses_as_before(run, teacher, tmp_path):
-    "Each step's loss and gradient norm, to 1e-6, for a live teacher (KL + CE + attention), a cache, no teacher, LoRA with hidden states."
+    "Each step's loss and gradient norm, to 1e-6, for a live teacher (KL + CE + attention), a cache (fused KL + CE), no teacher, LoRA with hidden states."
     model, tokenizer = teacher
     chunks = make_chunks(tokenizer, TEXT, seq_len=32, max_chunks=8)
     source = {"live": model, "lora": model, "scratch": None,
               "cached": cache_teacher_topk(model, chunks, 8, tmp_path / "c.safetensors", temperature=2.0, progress=False)}[run]
     result = distill(source, build_tiny_model("tiny-llama", seed=2)[0], tokenizer, chunks, config(*RUNS[run]), progress=False, log=quiet)
-    assert [(r["loss"], r["grad_norm"]) for r in result.curve] == pytest.approx(REFERENCE[run], abs=1e-6)
+    found = [x for r in result.curve for x in (r["loss"], r["grad_norm"])]
+    assert len(result.curve) == len(REFERENCE[run])
+    assert found == pytest.approx([x for pair in REFERENCE[run] for x in pair], abs=1e-6, rel=0)
     assert result.tokens == 300 and result.precision == "fp32"
 
 
@@ -60,8 +62,8 @@ def test_finetune_losses_as_before(teacher):
     result = finetune(model, tokenizer, make_chunks(tokenizer, TEXT[:-150], seq_len=32), TEXT[-150:],
                       config("finetune.max_tokens=333", "finetune.eval_every_tokens=128", "finetune.learning_rate=3e-3",
                              "finetune.patience=5"), progress=False, log=quiet)
-    assert result.step_losses == pytest.approx(REFERENCE["finetune"]["step_losses"], abs=1e-6)
-    assert [r["val_bpb"] for r in result.curve] == pytest.approx(REFERENCE["finetune"]["val_bpb"], abs=1e-6)
+    assert result.step_losses == pytest.approx(REFERENCE["finetune"]["step_losses"], abs=1e-6, rel=0)
+    assert [r["val_bpb"] for r in result.curve] == pytest.approx(REFERENCE["finetune"]["val_bpb"], abs=1e-6, rel=0)
 
 
 def test_distill_and_finetune_run_on_the_one_loop(teacher, monkeypatch):
