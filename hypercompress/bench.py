@@ -431,6 +431,7 @@ class BenchSettings:
     overrides:tuple=() # config overrides of every hypercompress run (e.g. cheaper branches for --quick)
     scale_sizes:tuple=("0.1B", "0.5B", "1B") # random Llamas compressed layer by layer (`SCALE_SHAPES`)
     scale_ratio:float=10
+    cache_dir:str|None=None # where the teacher's targets are cached (`storage.cache_dir`); None = the shared cache
 
 FULL = BenchSettings()
 QUICK = BenchSettings(ratios=(10, 1000), eval_tokens=4_096, distill_tokens=2_048, finetune_tokens=0,
@@ -458,6 +459,7 @@ def run_overrides(ratio:float, settings:BenchSettings, designed:bool, train:bool
             f"evaluation.max_eval_tokens={settings.eval_tokens if settings.eval_tokens else 'null'}",
             f"distillation.enabled={str(train and distill_tokens > 0).lower()}", f"distillation.token_budget={max(distill_tokens, 1)}",
             f"finetune.enabled={str(train and finetune_tokens > 0).lower()}", f"finetune.max_tokens={max(finetune_tokens, 1)}",
+            *([f"storage.cache_dir={settings.cache_dir}"] if settings.cache_dir else []),
             *settings.overrides, *(DESIGNED if designed else CACHED)]
 
 # %% ../nbs/90_benchmarks.ipynb #4734dc2c
