@@ -94,3 +94,14 @@ def test_bf16_training_keeps_fp32_weights_and_close_losses(phase, teacher):
         assert {p.dtype for p in student.parameters()} == {torch.float32}
     assert curves["bf16"] != curves["fp32"]  # autocast really ran
     assert curves["bf16"] == pytest.approx(curves["fp32"], abs=0.05)
+
+
+def test_compiled_student_trains_the_same(teacher):
+    "compute.compile runs the student through torch.compile: the same curve (compiling a tiny model takes ~30 s)."
+    model, tokenizer = teacher
+    chunks = make_chunks(tokenizer, TEXT, seq_len=32, max_chunks=8)
+    curves = [[r["loss"] for r in distill(model, build_tiny_model("tiny-llama", seed=2)[0], tokenizer, chunks,
+                                          config("distillation.token_budget=256", "branches.kv.enabled=false",
+                                                 f"compute.compile={flag}"), progress=False, log=quiet).curve]
+              for flag in ("false", "true")]
+    assert curves[1] == pytest.approx(curves[0], abs=1e-5, rel=0)
