@@ -47,6 +47,7 @@ class DistillResult:
     epochs_trained: float = 0.0 # tokens / epoch_tokens: passes over the training text, fractional
     precision: str = "fp32" # 'bf16' (autocast over fp32 weights) or 'fp32'
     targets: str = "" # 'cache' (top-k targets read from a cache), 'live' (the teacher in the loop) or 'none'
+    targets_check: dict|None = None # cross-vocabulary targets: the leak check's numbers (`xvocab.targets_report`)
 
     def to_dict(self) -> dict: return asdict(self)
 

@@ -460,7 +460,7 @@ def _run(config:HypercompressConfig, texts:dict, output_dir:Path, process, *, te
                             teacher_bpb=teacher_bpb, student_bpb=(evaluated or {}).get("bpb"), artifacts=artifacts,
                             tokens=dict(distill=distilled.tokens, finetune=tuned.tokens), phases=timer.seconds,
                             config=config, plan=plan, origin=origin, evaluated=evaluated,
-                            extra=dict(ablation=ablation, benchmarks=benchmarks, files=written["files"],
+                            extra=dict(ablation=ablation, benchmarks=benchmarks, files=written["files"], **_targets_fields(distilled),
                                        training=_training_record(distilled, tuned, targets, chunks),
                                        distill_stopped=distilled.stopped_reason, finetune_best_dev_bpb=tuned.best_bpb))
         (staging / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
@@ -469,6 +469,12 @@ def _run(config:HypercompressConfig, texts:dict, output_dir:Path, process, *, te
     finally: shutil.rmtree(staging, ignore_errors=True)
     for line in summary_lines(summary): log(line)
     return summary
+
+def _targets_fields(distilled) -> dict:
+    "The leak check of cross-vocabulary targets, for the summary (nothing when the student reads the teacher's vocabulary)."
+    check = distilled.targets_check
+    if not check: return {}
+    return dict(targets_bpb=check["targets_bpb"], teacher_bpb_on_targets_slice=check["teacher_bpb_on_targets_slice"], targets_check=check)
 
 def _training_record(distilled, tuned, targets, chunks) -> dict:
     "How much each phase trained, in tokens and in epochs of its windows, from what, at which precision."

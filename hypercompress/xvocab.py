@@ -788,6 +788,8 @@ def cached_xvocab_targets(teacher, teacher_tokenizer, student_vocab:StudentVocab
                           cache_dir:str|os.PathLike|None=None, # `storage.cache_dir`
                           log=print, progress:bool=True, **beam_settings) -> tuple[TokenChunks, Path]:
     "`cache_xvocab_targets` through the shared target cache: the teacher's beam runs once per key, whoever asks."
+    student_count = len(student_vocab.tokenizer(text, add_special_tokens=False)["input_ids"])
+    if max_windows is not None and max_windows >= (student_count - 1) // seq_len: max_windows = None  # the whole text: one key
     fields = xvocab_fields(teacher, teacher_tokenizer, student_vocab, text, seq_len, k, temperature, max_windows, **beam_settings)
     def build(path):
         cache_xvocab_targets(teacher, teacher_tokenizer, student_vocab, text, path, seq_len, k, temperature, max_windows,
@@ -798,5 +800,4 @@ def cached_xvocab_targets(teacher, teacher_tokenizer, student_vocab:StudentVocab
             raise ValueError(f"holds {cache.vocab_size} symbols, top {cache.k}, windows of {cache.input_ids.shape[1]}")
     path = cached_targets(fields, build, cache_dir, verify, log=log)
     ids = load_teacher_cache(path).input_ids.long()
-    student_count = len(student_vocab.tokenizer(text, add_special_tokens=False)["input_ids"])
     return TokenChunks(ids, tokens=student_count, bytes=text_bytes(text)), path
