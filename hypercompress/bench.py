@@ -442,7 +442,7 @@ QUICK = BenchSettings(ratios=(10, 1000), eval_tokens=4_096, distill_tokens=2_048
 
 # %% ../nbs/90_benchmarks.ipynb #1d0e932b
 DESIGNED = ["branches.blt.enabled=true", "branches.blt.vocab=bytes", "distillation.learning_rate=3e-3",
-            "distillation.top_k=32", "distillation.teacher_top_k=64", "finetune.learning_rate=5e-4"]
+            "distillation.top_k=32", "finetune.learning_rate=5e-4"]
 CACHED = ["distillation.teacher_targets=cache", "distillation.top_k=64", "branches.kv.activation_matching_weight=0"]
 
 def reachable_ratio(teacher:nn.Module) -> float:

@@ -216,6 +216,50 @@ def _run_cache_clear(args):
     for e in removed: print(f"  {e.name}")
     return removed
 
+# %% ../nbs/24_cli.ipynb #bf9fb376
+def _vocab_spec(text:str) -> tuple[str, int|None]:
+    "An argparse type for --vocab: 'bytes' or 'bpe:N' (N: the vocabulary's size)."
+    kind, _, size = text.partition(":")
+    if kind == "bytes" and not size: return "bytes", None
+    if kind == "bpe" and size.isdigit() and int(size) >= 1: return "bpe", int(size)
+    raise argparse.ArgumentTypeError(f"expected 'bytes' or 'bpe:N' with N a vocabulary size, got {text!r}")
+_vocab_spec.__name__ = "vocabulary"
+
+def _add_targets(subparsers):
+    p = subparsers.add_parser("targets", help="exact cross-vocabulary targets for a text, scored against the teacher (the leak check)")
+    p.add_argument("--teacher-model", required=True, help="model spec: built-in name, hub id, local directory or .gguf file")
+    p.add_argument("--data", default="tinyshakespeare", help="data spec: file, URL, hf:name[:config] or corpus name")
+    p.add_argument("--vocab", type=_vocab_spec, required=True, help="the student's vocabulary: bytes or bpe:N")
+    p.add_argument("--split", default="train", choices=["train", "val"], help="first 90%% (train) or last 10%% (val) of the text")
+    p.add_argument("--max-chars", type=_at_least(1), default=20_000, help="label the first N characters of the split")
+    p.add_argument("--config", default=None, help="YAML config: distillation.cross_vocab, top_k, temperature, data.seq_len, compute, storage")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_run_targets)
+
+def _run_targets(args):
+    import time
+    from hypercompress.config import load_config
+    from hypercompress.data import load_text, split_text
+    from hypercompress.models import load_model
+    from hypercompress.student_pipeline import cross_vocab_targets
+    from hypercompress.vocab import student_vocab
+    config = load_config(args.config)  # checked before the teacher loads
+    splits = split_text(load_text(args.data), config.data.train_fraction)
+    text = (splits.train if args.split == "train" else splits.val)[:args.max_chars]
+    teacher, tokenizer = load_model(args.teacher_model)
+    vocab = student_vocab(tokenizer, *args.vocab)
+    start = time.perf_counter()
+    _, path, report = cross_vocab_targets(teacher, tokenizer, vocab, text, config, log=lambda *a: None, progress=False)
+    result = dict(report, vocab=f"{vocab.kind}:{len(vocab)}", chars=len(text), cache=str(path), seconds=round(time.perf_counter() - start, 1))
+    if args.json: print(_json(result))
+    else:
+        print(f"{args.teacher_model} -> {result['vocab']} on {args.data} [{args.split}, first {len(text):,} characters]: "
+              f"targets {report['targets_bpb']:.4f} BPB (full rows {report['full_targets_bpb']:.4f}), teacher "
+              f"{report['teacher_bpb_on_targets_slice']:.4f} ({report['targets_bpb'] - report['teacher_bpb_on_targets_slice']:+.4f}) "
+              f"on {report['check_bytes']:,} bytes; {100 * report['outside_top_k']:.2f}% of next symbols outside the top k; "
+              f"{result['seconds']:.0f} s")
+    return result
+
 # %% ../nbs/24_cli.ipynb #3670b794
 def _add_docs(subparsers):
     from hypercompress.docs import add_docs_command  # the docs module imports only the standard library at the top
@@ -237,7 +281,7 @@ def _run_bench(args):
     from hypercompress.bench import results_markdown, run_bench  # torch and the pipeline are imported when it runs
     print(results_markdown(run_bench(args.teacher_model, args.data, quick=args.quick, out=args.out)))
 
-SUBCOMMANDS = [_add_eval, _add_data, _add_plan, _add_run, _add_check, _add_search, _add_bench, _add_cache, _add_docs]
+SUBCOMMANDS = [_add_eval, _add_data, _add_plan, _add_run, _add_check, _add_search, _add_bench, _add_cache, _add_targets, _add_docs]
 
 def build_parser() -> argparse.ArgumentParser:
     "The `hypercompress` argument parser with every registered subcommand."

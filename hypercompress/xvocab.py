@@ -586,6 +586,10 @@ class XvocabTargets:
     window_bytes: Tensor # (W,) long
     teacher_nats: Tensor # (W,) float64: −Σ log p(token) of the window's own tokenization, at T = 1 (the teacher's BPB)
     target_nats: Tensor # (W,) float64: −Σ log q(actual symbol) from the full rows (not top-k), at the temperature used
+    row_nats: Tensor # (N,) float64: −log q(actual symbol) of each full row
+    token_ends: Tensor # (T,) long: where each of the text's own teacher tokens ends (student symbols, whole text)
+    token_nats: Tensor # (T,) float64: −log p(token | the window's tokens before it), at T = 1
+    token_bytes: Tensor # (T,) long
     stats: dict # rounds, states, backbone states, heals, seconds
 
 @torch.inference_mode()
@@ -646,7 +650,7 @@ def exact_targets(teacher, # the teacher causal LM
 
     n = bounds[-1][1] if bounds else 0
     indices = torch.zeros(n, k, dtype=torch.int32); logprobs = torch.zeros(n, k); rest = torch.zeros(n)
-    teacher_nats, target_nats, window_bytes = [], [], []
+    teacher_nats, target_nats, window_bytes, row_nats, token_ends, token_nats, token_bytes = [], [], [], [], [], [], []
     stats, start = dict(rounds=0, states=0, backbone=0, heals=0), time.perf_counter()
     with tqdm(total=sum(len(s) for s in spelled[:n]), unit="B", unit_scale=True, desc="exact targets", disable=not progress) as bar:
         for g in range(0, len(bounds), windows_per_pass):
@@ -658,8 +662,13 @@ def exact_targets(teacher, # the teacher causal LM
                 top = q.topk(k, dim=-1)
                 indices[a:b], logprobs[a:b] = top.indices.int(), top.values.clamp(min=1e-38).log().float()
                 rest[a:b] = (1 - top.values.sum(-1)).clamp(min=1e-38).log().float()
-                target_nats.append(-float(q[torch.arange(b - a), torch.tensor(window_symbols)].log().sum()))
+                row_nats.append(-q[torch.arange(b - a), torch.tensor(window_symbols)].log())
+                target_nats.append(float(row_nats[-1].sum()))
                 teacher_nats.append(-float(states.teacher_logp.sum()))
+                ends = torch.tensor(states.end[1:states.n_backbone], dtype=torch.long)  # backbone states 1 … : token ends
+                starts = torch.cat([ends.new_zeros(1), ends[:-1]])
+                byte_end = torch.tensor([0, *map(len, spelled[a:b])]).cumsum(0)
+                token_ends.append(a + ends); token_nats.append(-states.teacher_logp); token_bytes.append(byte_end[ends] - byte_end[starts])
                 window_bytes.append(sum(len(s) for s in spelled[a:b]))
                 for key in ("states", "backbone", "heals"): stats[key] += window_stats[key]
                 stats["rounds"] += window_stats["rounds"] / len(group)
@@ -667,7 +676,8 @@ def exact_targets(teacher, # the teacher causal LM
     stats["rounds"], stats["seconds"] = round(stats["rounds"]), round(time.perf_counter() - start, 3)
     return XvocabTargets(student_ids[:n], indices, logprobs, rest, torch.tensor(bounds, dtype=torch.long).view(-1, 2),
                          torch.tensor(window_bytes, dtype=torch.long), torch.tensor(teacher_nats, dtype=torch.float64),
-                         torch.tensor(target_nats, dtype=torch.float64), stats)
+                         torch.tensor(target_nats, dtype=torch.float64), torch.cat(row_nats) if row_nats else torch.zeros(0, dtype=torch.float64),
+                         *(torch.cat(x) if x else torch.zeros(0, dtype=torch.long) for x in (token_ends, token_nats, token_bytes)), stats)
 
 # %% ../nbs/32_xvocab_distill.ipynb #a534cba0
 TARGETS_FORMAT = "hypercompress-xvocab-exact-1" # the kind of targets this module writes (a changed method is a new format)
@@ -685,7 +695,8 @@ def cache_xvocab_targets(teacher, # the teacher causal LM
                          **beam_settings, # beam, threshold, floor, recombine, window, lookahead, windows_per_pass, autocast
                         ) -> tuple[TokenChunks, Path]:
     """Run the covering beam once over `text`, save its targets as a `distill` cache with, beside them, what the leak
-    check reads (per labelling window: its bytes, the teacher's own nats, the full targets' nats)."""
+    check reads: the symbol after each position, the full rows' scores, and the teacher's own tokens (where each ends,
+    its bytes and −log p)."""
     student_count = len(check_refinement(student_vocab, teacher_tokenizer, text)[1])
     n_windows = (student_count - 1) // seq_len
     if max_windows is not None: n_windows = min(n_windows, max_windows)
@@ -698,9 +709,11 @@ def cache_xvocab_targets(teacher, # the teacher causal LM
     tensors = dict(input_ids=windows.to(torch.int32), indices=targets.indices[rows].view(n_windows, seq_len, k),
                    logprobs=targets.logprobs[rows].view(n_windows, seq_len, k).to(torch.float16),
                    rest_logprobs=targets.rest_logprobs[rows].view(n_windows, seq_len),
-                   label_windows=targets.windows, label_window_bytes=targets.window_bytes,
-                   teacher_nats=targets.teacher_nats, target_nats=targets.target_nats,
-                   next_ids=targets.student_ids[rows].to(torch.int32).view(n_windows, seq_len))
+                   next_ids=targets.student_ids[rows].to(torch.int32).view(n_windows, seq_len),
+                   row_nats=targets.row_nats[:n_positions + 1].float())  # the leak check's data: the full rows' scores, and
+    inside = targets.token_ends <= n_positions + 1  # the teacher on its own tokens, for the tokens the cached rows cover
+    tensors.update(token_ends=targets.token_ends[inside], token_nats=targets.token_nats[inside].float(),
+                   token_bytes=targets.token_bytes[inside])
     settings = {key: (str(value) if key == "autocast" else value) for key, value in beam_settings.items()}
     metadata = dict(format=CACHE_FORMAT, temperature=repr(float(temperature)), vocab_size=str(len(student_vocab)),
                     projection=json.dumps(dict(method=TARGETS_FORMAT, kind=student_vocab.kind, n_merges=student_vocab.n_merges,
@@ -712,45 +725,60 @@ def cache_xvocab_targets(teacher, # the teacher causal LM
 class TargetsError(ValueError):
     "Cross-vocabulary targets that score better (leak) or much worse (lossy) than the teacher on the same text."
 
+def _score(indices:Tensor, logprobs:Tensor, rest:Tensor, following:Tensor) -> tuple[Tensor, Tensor]:
+    """log q(actual) from top-k targets: its top-k entry or, outside the top k, the smaller of the rest mass and the k-th
+    entry (an upper bound: the BPB it gives is a lower bound of the targets' true BPB); and where it was outside."""
+    hit = indices == following[:, None]
+    inside = hit.any(-1)
+    return torch.where(inside, (logprobs * hit).sum(-1), torch.minimum(rest, logprobs.min(-1).values)), ~inside
+
 def targets_report(path:str|os.PathLike, # a cache written by `cache_xvocab_targets`
-                   check_bytes:int=20_000, # score the first labelling windows holding at least this many bytes
+                   check_bytes:int=20_000, # score the text from its start through the first teacher token reaching this many bytes
                   ) -> dict:
-    """The leak check's numbers on the first whole labelling windows: `targets_bpb`, the cached top-k targets scored as
-    a byte-level model (−log q of the actual next symbol: its top-k entry or, outside the top k, the smaller of the rest
-    mass and the k-th entry; a lower bound on the targets' true BPB), `full_targets_bpb` (the same rows before the
-    top-k cut, recorded when they were computed), and `teacher_bpb_on_targets_slice`, the teacher on its own
-    tokenization of the same windows."""
+    """The leak check's numbers on the start of the cached text (whole teacher tokens): `targets_bpb`, the cached
+    top-k targets scored as a byte-level model (see `_score`: a lower bound), `full_targets_bpb` (the same rows before
+    the top-k cut, recorded when they were computed), and `teacher_bpb_on_targets_slice`, the teacher on its own
+    tokenization of the same text, from the same pass."""
     from safetensors import safe_open
     with safe_open(str(path), "pt") as f:
-        names = set(f.keys())
-        if not {"label_windows", "teacher_nats", "next_ids"} <= names:
+        if not {"next_ids", "row_nats", "token_ends"} <= set(f.keys()):
+            if {"label_windows", "teacher_nats", "next_ids"} <= set(f.keys()): return _whole_windows_report(f, check_bytes)
             raise TargetsError(f"{path} holds no leak-check data: it was not written by `cache_xvocab_targets`")
-        t = {name: f.get_tensor(name) for name in ("indices", "logprobs", "rest_logprobs", "next_ids", "label_windows",
-                                                  "label_window_bytes", "teacher_nats", "target_nats")}
+        t = {name: f.get_tensor(name) for name in ("indices", "logprobs", "rest_logprobs", "next_ids", "row_nats",
+                                                  "token_ends", "token_nats", "token_bytes")}
         temperature = float(f.metadata()["temperature"])
-    n_positions = t["next_ids"].numel()
-    windows, nbytes = t["label_windows"], t["label_window_bytes"]
-    # whole labelling windows whose rows are all cached: rows 1 … n_positions (row 0 of the text has no position)
-    complete = [w for w in range(len(windows)) if int(windows[w, 0]) >= 1 and int(windows[w, 1]) <= n_positions + 1]
-    chosen, total = [], 0
-    for w in complete:
-        if total >= check_bytes: break
-        chosen.append(w); total += int(nbytes[w])
-    if not chosen: raise TargetsError(f"{path}: no whole labelling window to check (the cache covers {n_positions} positions)")
-    indices, logprobs = t["indices"].view(n_positions, -1).long(), t["logprobs"].view(n_positions, -1).float()
-    rest, following = t["rest_logprobs"].view(-1).float(), t["next_ids"].view(-1).long()
-    nats, outside, positions = 0.0, 0, 0
-    for w in chosen:
-        rows = torch.arange(int(windows[w, 0]) - 1, int(windows[w, 1]) - 1)  # position p holds the row of symbol p + 1
-        hit = indices[rows] == following[rows, None]
-        inside = hit.any(-1)
-        # outside the top k, q(actual) ≤ min(rest mass, k-th largest q): an upper bound, so the BPB is a lower bound
-        score = torch.where(inside, (logprobs[rows] * hit).sum(-1), torch.minimum(rest[rows], logprobs[rows].min(-1).values))
-        nats -= float(score.double().sum()); outside += int((~inside).sum()); positions += len(rows)
+    if not len(t["token_ends"]): raise TargetsError(f"{path}: the cached rows cover no whole teacher token to check")
+    reached = (t["token_bytes"].cumsum(0) >= check_bytes).nonzero()
+    last = int(reached[0]) if len(reached) else len(t["token_ends"]) - 1  # tokens 0 … last
+    end = int(t["token_ends"][last])  # symbols [0, end): rows 0 … end − 1; position p holds row p + 1
+    n = t["next_ids"].numel()
+    score, outside = _score(t["indices"].view(n, -1)[:end - 1].long(), t["logprobs"].view(n, -1)[:end - 1].float(),
+                            t["rest_logprobs"].view(-1)[:end - 1].float(), t["next_ids"].view(-1)[:end - 1].long())
+    nats = float(t["row_nats"][0]) - float(score.double().sum())  # row 0 (no position before it) from its full row
+    total = int(t["token_bytes"][:last + 1].sum())
     bits = math.log(2) * total
-    return dict(targets_bpb=nats / bits, teacher_bpb_on_targets_slice=float(t["teacher_nats"][chosen].sum()) / bits,
-                full_targets_bpb=float(t["target_nats"][chosen].sum()) / bits, outside_top_k=outside / positions,
-                check_bytes=total, check_windows=len(chosen), temperature=temperature)
+    return dict(targets_bpb=nats / bits, teacher_bpb_on_targets_slice=float(t["token_nats"][:last + 1].double().sum()) / bits,
+                full_targets_bpb=float(t["row_nats"][:end].double().sum()) / bits, outside_top_k=float(outside.float().mean()),
+                check_bytes=total, check_symbols=end, temperature=temperature)
+
+def _whole_windows_report(f, check_bytes:int) -> dict:
+    "`targets_report` for caches written before the per-row scores were kept: whole labelling windows after the first."
+    t = {name: f.get_tensor(name) for name in ("indices", "logprobs", "rest_logprobs", "next_ids", "label_windows",
+                                              "label_window_bytes", "teacher_nats", "target_nats")}
+    n = t["next_ids"].numel()
+    chosen, total = [], 0
+    for w, (a, b) in enumerate(t["label_windows"].tolist()):
+        if total >= check_bytes or b > n + 1: break
+        if a >= 1: chosen.append((a, b)); total += int(t["label_window_bytes"][w])
+    if not chosen: raise TargetsError("the cached rows cover no whole labelling window to check")
+    positions = torch.cat([torch.arange(a - 1, b - 1) for a, b in chosen])
+    score, outside = _score(t["indices"].view(n, -1)[positions].long(), t["logprobs"].view(n, -1)[positions].float(),
+                            t["rest_logprobs"].view(-1)[positions].float(), t["next_ids"].view(-1)[positions].long())
+    picked = [w for w, (a, b) in enumerate(t["label_windows"].tolist()) if (a, b) in chosen]
+    bits = math.log(2) * total
+    return dict(targets_bpb=-float(score.double().sum()) / bits, teacher_bpb_on_targets_slice=float(t["teacher_nats"][picked].sum()) / bits,
+                full_targets_bpb=float(t["target_nats"][picked].sum()) / bits, outside_top_k=float(outside.float().mean()),
+                check_bytes=total, check_symbols=len(positions), temperature=float(f.metadata()["temperature"]))
 
 def check_targets(report:dict, # from `targets_report`
                   leak_tolerance:float=0.02, # targets this much better than the teacher (BPB) are a leak

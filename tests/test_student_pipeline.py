@@ -37,7 +37,8 @@ def test_designed_student_run_and_reload(vocab, bpe_teacher, tmp_path):
     from hypercompress.models import count_parameters
     out = tmp_path / f"run-{vocab}"
     result = designed_run(bpe_teacher, out, bpe_teacher.parent / "corpus.txt", "mode=distill-only",
-                          "targets.compression_ratio=6", "branches.blt.enabled=true", f"branches.blt.vocab={vocab}")
+                          "targets.compression_ratio=6", "branches.blt.enabled=true", f"branches.blt.vocab={vocab}",
+                          "distillation.cross_vocab.leak_tolerance=10")  # a random teacher: see test_leak_check_stops_the_run
     assert result.returncode == 0, result.stderr[-3000:]
     assert "🧬 Designing a student..." in result.stdout and "ablation skipped" in result.stdout
     summary = json.loads((out / "summary.json").read_text())
@@ -45,6 +46,7 @@ def test_designed_student_run_and_reload(vocab, bpe_teacher, tmp_path):
     assert summary["student_params"] == count_parameters(model) <= summary["teacher_params"] // 6
     assert summary["plan"]["kind"] == "designed_student" and summary["plan"]["vocabulary"] == vocab
     assert summary["tokens"]["distill"] == 1024 and summary["branches"] == {}
+    assert ("targets_bpb" in summary and "teacher_bpb_on_targets_slice" in summary) == (vocab == "bytes")
     assert (len(tokenizer) < 280) == (vocab == "bytes")  # the byte vocabulary: 256 bytes + special tokens
     from transformers import AutoModelForCausalLM, AutoTokenizer
     plain = AutoModelForCausalLM.from_pretrained(out / "hf").eval()  # a designed student is a plain Llama
@@ -68,3 +70,14 @@ def test_infeasible_target_names_the_vocabulary(bpe_teacher, tmp_path):
     result = designed_run(bpe_teacher, out, bpe_teacher.parent / "corpus.txt", "targets.compression_ratio=5000")
     assert result.returncode == 2 and "not reachable" in result.stderr and "vocabulary" in result.stderr
     assert not out.exists()
+
+
+def test_leak_check_stops_the_run(bpe_teacher, tmp_path):
+    "A random teacher's byte marginal is far more probable than its own tokenization: at the default tolerance the run stops."
+    out = tmp_path / "leaky"
+    result = designed_run(bpe_teacher, out, bpe_teacher.parent / "corpus.txt", "mode=distill-only",
+                          "targets.compression_ratio=6", "branches.blt.enabled=true", "branches.blt.vocab=bytes")
+    assert result.returncode == 2, result.stdout[-2000:]
+    line = result.stderr.strip().splitlines()[-1]
+    assert "cross-vocabulary targets score" in line and "better than the teacher's own" in line and "Traceback" not in result.stderr
+    assert not (out / "summary.json").exists()  # nothing published

@@ -1,5 +1,7 @@
 "Vocabulary reduction and cross-vocabulary distillation (hypercompress.vocab, hypercompress.xvocab) on a tiny byte-level BPE: checks, round trips, refinement, the projection kernel, the cache."
+import functools
 import json
+import math
 import random
 
 import pytest
@@ -13,8 +15,8 @@ from hypercompress.distill import distill, load_teacher_cache
 from hypercompress.models import byte_tokenizer
 from hypercompress.vocab import (StudentVocab, byte_vocab, check_byte_level_bpe, check_refinement, merges_for_vocab_size,
                                  missing_bytes, student_vocab, teacher_segmentations, train_byte_level_bpe, truncated_bpe)
-from hypercompress.xvocab import (cache_xvocab_targets, project_next_symbol, spell_positions, spelling_table,
-                                  teacher_candidates, xvocab_topk)
+from hypercompress.xvocab import (TargetsError, cache_xvocab_targets, check_targets, covering_beam,
+                                  prefix_probability_by_enumeration, spelling_trie, targets_report)
 
 SAMPLE = "ROMEO: But, soft! what light through yonder window breaks?\nJuliet: Ay me! — naïve café, 東京 🙂\n\n  spaces  "
 
@@ -89,8 +91,7 @@ def test_refinement_on_tinyshakespeare(teacher_tokenizer, corpus, n_merges):
     teacher_ids, student_ids = check_refinement(vocab, teacher_tokenizer, text)
     segmentations = teacher_segmentations(vocab, teacher_tokenizer)
     assert sum(len(segmentations[t]) for t in teacher_ids.tolist()) == len(student_ids)
-    table = spelling_table(segmentations, len(vocab))
-    assert torch.equal(spell_positions(teacher_ids, table)[0], student_ids)
+    assert torch.equal(torch.tensor([s for t in teacher_ids.tolist() for s in segmentations[t]]), student_ids)
 
 
 def test_refinement_violations_reported(teacher_tokenizer, corpus):
@@ -103,28 +104,28 @@ def test_refinement_violations_reported(teacher_tokenizer, corpus):
         check_refinement(byte_vocab(lacking), lacking, "a\x08b")
 
 
-def brute_force(p, spellings, prefix):
-    "Next-symbol distribution after `prefix` by enumerating every teacher token, tokens ending at the prefix dropped."
-    m, q = len(prefix), {}
-    for t, spelling in enumerate(spellings):
-        if len(spelling) > m and spelling[:m] == prefix: q[spelling[m]] = q.get(spelling[m], 0.0) + p[t]
-    total = sum(q.values())
-    return {s: v / total for s, v in q.items()}
+def random_lm(n_tokens, seed):
+    "A token-level LM with a fixed random next-token distribution for every context (deterministic per context)."
+    @functools.lru_cache(None)
+    def next_logprobs(tokens):
+        generator = torch.Generator().manual_seed(hash((seed, *tokens)) % 2**31)
+        return torch.log_softmax(2 * torch.randn(n_tokens, generator=generator, dtype=torch.float64), 0)
+    return next_logprobs
 
 
-@pytest.mark.parametrize("seed", range(5))
-def test_projection_matches_brute_force_on_random_vocabularies(seed):
+@pytest.mark.parametrize("seed", range(6))
+def test_covering_beam_matches_enumeration_on_random_vocabularies(seed):
     rng = random.Random(seed)
-    n_symbols = rng.randint(2, 5)
-    spellings = [[s] for s in range(n_symbols)] + [[rng.randrange(n_symbols) for _ in range(rng.randint(1, 5))] for _ in range(12)]
-    table = spelling_table(spellings, n_symbols)
-    p = torch.softmax(2 * torch.randn(len(spellings), generator=torch.Generator().manual_seed(seed), dtype=torch.float64), 0)
-    rows = [(t, m) for t, s in enumerate(spellings) for m in range(len(s))]
-    current, emitted = torch.tensor([t for t, _ in rows]), torch.tensor([m for _, m in rows])
-    q = project_next_symbol(torch.arange(len(spellings)).expand(len(rows), -1), p.expand(len(rows), -1), current, emitted, table)
-    for row, (t, m) in enumerate(rows):
-        expected = brute_force(p.tolist(), spellings, spellings[t][:m])
-        assert q[row].tolist() == pytest.approx([expected.get(s, 0.0) for s in range(n_symbols)], abs=1e-12)
+    n_symbols = rng.randint(2, 4)
+    spellings = [[s] for s in range(n_symbols)] + [[rng.randrange(n_symbols) for _ in range(rng.randint(2, 4))] for _ in range(8)] + [[]]
+    trie = spelling_trie(spellings, n_symbols)
+    lm = random_lm(len(spellings), seed)
+    symbols = [rng.randrange(n_symbols) for _ in range(7)]
+    rows = covering_beam(lm, trie, symbols)
+    assert torch.allclose(rows.sum(-1), torch.ones(len(symbols) + 1, dtype=torch.float64))
+    for n in range(1, len(symbols) + 1):  # every prefix: the product of the conditionals is the marginal
+        product = math.prod(float(rows[i, s]) for i, s in enumerate(symbols[:n]))
+        assert product == pytest.approx(prefix_probability_by_enumeration(lm, spellings, symbols[:n]), rel=1e-9)
 
 
 def tiny_llama(vocab_size, tokenizer, seed):
@@ -141,7 +142,7 @@ def test_cache_round_trip_and_distill(teacher_tokenizer, corpus, tmp_path, n_mer
     teacher = tiny_llama(len(teacher_tokenizer), teacher_tokenizer, seed=1)
     text = corpus[:2_000]
     chunks, path = cache_xvocab_targets(teacher, teacher_tokenizer, vocab, text, tmp_path / "c.safetensors", seq_len=48,
-                                        k=8, temperature=1.5, teacher_top_k=16, teacher_seq_len=64, progress=False)
+                                        k=8, temperature=1.5, progress=False, window=200)
     cache = load_teacher_cache(path)
     n_windows = (len(check_refinement(vocab, teacher_tokenizer, text)[1]) - 1) // 48
     assert torch.equal(cache.input_ids.long(), chunks.input_ids) and chunks.input_ids.shape == (n_windows, 48)
@@ -151,7 +152,7 @@ def test_cache_round_trip_and_distill(teacher_tokenizer, corpus, tmp_path, n_mer
     assert torch.allclose(mass, torch.ones_like(mass), atol=5e-3)
     # with every student symbol kept, the symbol that actually follows each position always has target mass
     full, full_path = cache_xvocab_targets(teacher, teacher_tokenizer, vocab, text, tmp_path / "full.safetensors", seq_len=48,
-                                           k=len(vocab), temperature=1.5, teacher_top_k=16, teacher_seq_len=64, progress=False)
+                                           k=len(vocab), temperature=1.5, progress=False, window=200)
     student_ids = check_refinement(vocab, teacher_tokenizer, text)[1]
     n = full.input_ids.numel()
     targets = load_teacher_cache(full_path)
@@ -172,24 +173,40 @@ def test_cache_bad_input(teacher_tokenizer, tmp_path):
     teacher = tiny_llama(len(teacher_tokenizer), teacher_tokenizer, seed=1)
     with pytest.raises(DataError, match="fewer than seq_len"):
         cache_xvocab_targets(teacher, teacher_tokenizer, vocab, "too short", tmp_path / "a.safetensors", seq_len=64, progress=False)
-    with pytest.raises(ValueError, match="k=300 must be between 1 and V_S=259"):
+    with pytest.raises(ValueError, match="k=300 must be between 1 and the student vocabulary's 259"):
         cache_xvocab_targets(teacher, teacher_tokenizer, vocab, SAMPLE * 3, tmp_path / "b.safetensors", seq_len=16, k=300, progress=False)
     assert not list(tmp_path.iterdir())  # nothing half-written
 
 
-def test_teacher_candidates_include_the_actual_token(teacher_tokenizer):
-    teacher = tiny_llama(len(teacher_tokenizer), teacher_tokenizer, seed=3)
-    ids = torch.tensor(teacher_tokenizer(SAMPLE * 4)["input_ids"])
-    candidate_ids, candidate_probs = teacher_candidates(teacher, ids, teacher_tokenizer.bos_token_id, 2, seq_len=20, progress=False)
-    assert candidate_ids.shape == (len(ids), 2)
-    assert (candidate_ids == ids[:, None]).any(-1).all()
-    assert torch.allclose(candidate_probs.sum(-1), torch.ones(len(ids)))
+def test_leak_check_reads_its_own_cache(teacher_tokenizer, corpus, tmp_path):
+    vocab = byte_vocab(teacher_tokenizer)
+    teacher = tiny_llama(len(teacher_tokenizer), teacher_tokenizer, seed=1)
+    _, path = cache_xvocab_targets(teacher, teacher_tokenizer, vocab, corpus[:3_000], tmp_path / "c.safetensors", seq_len=64,
+                                   k=len(vocab), progress=False, window=256)
+    report = targets_report(path, check_bytes=500)
+    assert report["check_bytes"] >= 500 and report["outside_top_k"] == 0
+    assert report["targets_bpb"] == pytest.approx(report["full_targets_bpb"], abs=1e-3)  # every symbol kept: the same rows
+    teacher_bpb = report["teacher_bpb_on_targets_slice"]
+    assert check_targets(report, leak_tolerance=1.0) is report
+    with pytest.raises(TargetsError, match=rf"score {teacher_bpb - 0.5:.4f} BPB .* better than the teacher's own {teacher_bpb:.4f} by more than 0.02"):
+        check_targets(dict(report, targets_bpb=teacher_bpb - 0.5))
+    with pytest.raises(TargetsError, match=rf"score {teacher_bpb + 0.5:.4f} BPB .* worse than the teacher's own {teacher_bpb:.4f} by more than 0.1"):
+        check_targets(dict(report, full_targets_bpb=teacher_bpb + 0.5), leak_tolerance=1.0)
+    with pytest.raises(TargetsError, match="temperature 1"): check_targets(dict(report, temperature=2.0), leak_tolerance=10)
+    _, hot = cache_xvocab_targets(teacher, teacher_tokenizer, vocab, corpus[:3_000], tmp_path / "t.safetensors", seq_len=64,
+                                  k=8, temperature=2.0, progress=False, window=256)
+    assert targets_report(hot, 500)["temperature"] == 2.0
+    with pytest.raises(TargetsError, match="no leak-check data"): targets_report(_plain_cache(tmp_path))
 
 
-def test_xvocab_topk_rest_bucket():
-    table = spelling_table([[0], [1], [0, 1], [2]], 3)
-    indices, logprobs, rest = xvocab_topk(torch.arange(4).expand(2, 4), torch.tensor([[0.1, 0.2, 0.3, 0.4]] * 2),
-                                          torch.tensor([2, 3]), table, 2, k=1)
-    # position 0: after 'a' of token 2 → 'b' (token 0 ends: dropped); position 1: boundary → a .4, b .2, c .4
-    assert indices[:, 0].tolist()[0] == 1 and logprobs[0, 0].exp().item() == pytest.approx(1.0)
-    assert rest[1].exp().item() == pytest.approx(0.6)
+def _plain_cache(tmp_path):
+    from hypercompress.teacher_cache import CACHE_FORMAT, save_teacher_cache
+    tensors = dict(input_ids=torch.zeros(1, 4, dtype=torch.int32), indices=torch.zeros(1, 4, 2, dtype=torch.int32),
+                   logprobs=torch.zeros(1, 4, 2, dtype=torch.float16), rest_logprobs=torch.zeros(1, 4))
+    return save_teacher_cache(tensors, dict(format=CACHE_FORMAT, temperature="1.0", vocab_size="8"), tmp_path / "plain.safetensors")
+
+
+def test_removed_teacher_top_k_is_named():
+    from hypercompress.config import ConfigError
+    with pytest.raises(ConfigError, match="distillation.teacher_top_k was removed: .*distillation.cross_vocab"):
+        load_config(None, ["distillation.teacher_top_k=64"])
