@@ -103,6 +103,11 @@ def _unknown_key(key, where:str, valid:list) -> str:
     hint = f"did you mean {close[0]!r}?" if close else 'valid keys are: ' + ', '.join(valid)
     return f"unknown key {str(key)!r} {where}; {hint}"
 
+REMOVED_KEYS = {  # keys older configs may still hold, with what replaced them
+    'distillation.teacher_top_k': "cross-vocabulary targets are no longer projected from the teacher's top-k tokens; "
+                                  "they are exact up to the beam settings in distillation.cross_vocab (delete the key)",
+}
+
 def _unknown_key_at(key, parents:list, valid:list) -> str:
     "`_unknown_key` for a key found under the dotted path `parents` (or what replaced a removed key)"
     dotted = '.'.join(map(str, [*parents, key]))
@@ -112,10 +117,6 @@ def _unknown_key_at(key, parents:list, valid:list) -> str:
 
 # %% ../nbs/00_config.ipynb #f8359d7c
 _RANGE_ERRORS = {'greater_than', 'greater_than_equal', 'less_than', 'less_than_equal'}
-REMOVED_KEYS = {  # keys older configs may still hold, with what replaced them
-    'distillation.teacher_top_k': "cross-vocabulary targets are no longer projected from the teacher's top-k tokens; "
-                                  "they are exact up to the beam settings in distillation.cross_vocab (delete the key)",
-}
 
 def _locate(model:type[BaseModel], loc:tuple):
     "Walk `loc` through `model`: the field names it covers, the last field, and the model where the walk stopped"
