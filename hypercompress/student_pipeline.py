@@ -144,7 +144,7 @@ def cross_vocab_targets(teacher, # the teacher model
                                          windows, **common)
     check_path = path
     if settings.temperature != 1.0:  # the check compares probabilities at T = 1: label its slice again at T = 1
-        check_windows = math.ceil((cross.check_bytes + 2 * cross.window * 4) / data.seq_len)
+        check_windows = math.ceil(cross.check_bytes / data.seq_len) + 1  # a symbol spells at least one byte
         check_path = cached_xvocab_targets(teacher, tokenizer, vocab, train_text, data.seq_len, k, 1.0, check_windows, **common)[1]
     report = check_targets(targets_report(check_path, cross.check_bytes), cross.leak_tolerance, cross.lossy_tolerance)
     log(f"   exact targets over {len(vocab):,} student symbols for {len(chunks):,} windows of {data.seq_len} (top {k}); "
