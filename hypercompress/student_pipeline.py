@@ -8,7 +8,6 @@ __all__ = ['BPE_SIZES', 'StudentPlan', 'choose_vocabulary', 'planned_student', '
 # %% ../nbs/33_student_pipeline.ipynb #c5359459
 import math
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import torch
 from transformers import LlamaForCausalLM

@@ -418,7 +418,7 @@ def run_beam(states:WindowStates, beam:int|None, threshold:float, settled:list[i
         trace.contributions.append([(entry_base[s] + d, lw) for s, d, lw in active] +
                                    [(entry_base[s if stand_in is None else stand_in], v) for s, w, v in below])
         trace.roots.append(latest_root)
-        symbol, moved, scores = states.symbols[i], [], []
+        symbol = states.symbols[i]
         merged = {}
         for s, d, lw in active:
             if d + 1 >= len(paths[end[s]]): continue  # its tokens do not continue with this symbol
