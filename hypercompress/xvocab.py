@@ -4,13 +4,14 @@
 
 # %% auto #0
 __all__ = ['TARGETS_FORMAT', 'SpellingTrie', 'spelling_trie', 'prefix_masses', 'prefix_probability_by_enumeration',
-           'covering_beam', 'settled_points', 'WindowStates', 'StateStore', 'BeamTrace', 'run_beam',
+           'covering_beam', 'settled_points', 'WindowStates', 'StateStore', 'linears_in', 'BeamTrace', 'run_beam',
            'beam_distributions', 'label_windows', 'label_window', 'symbol_bytes', 'window_bounds', 'XvocabTargets',
            'exact_targets', 'cache_xvocab_targets', 'TargetsError', 'targets_report', 'check_targets', 'xvocab_fields',
            'cached_xvocab_targets']
 
 # %% ../nbs/32_xvocab_distill.ipynb #2003ef57
 import bisect
+import copy
 import hashlib
 import inspect
 import json
@@ -374,6 +375,22 @@ class StateStore:
         self._keep(cache, [len(requests[g][1]) if requests[g] is not None else 0 for g in range(G)])
         return [logits[g, :len(requests[g][1])] if requests[g] is not None else None for g in range(G)]
 
+# %% ../nbs/32_xvocab_distill.ipynb #c3a9f1d0
+def linears_in(model, # a causal LM with fp32 weights
+               dtype:torch.dtype, # the autocast dtype its passes will run under
+              ):
+    """A copy of `model` whose `nn.Linear` weights (and biases) are stored in `dtype`, everything else as it was. Under
+    `dtype` autocast it computes exactly what `model` computes, because autocast rounds every fp32 weight to `dtype`
+    before each product anyway; but in inference mode autocast caches none of those casts, so the original re-reads
+    and rewrites every weight at every forward pass. The covering beam makes thousands of small passes."""
+    clone = copy.deepcopy(model)
+    for module in clone.modules():
+        if isinstance(module, torch.nn.Linear):  # a tied head gets its own copy; the embedding keeps its fp32 table
+            module.weight = torch.nn.Parameter(module.weight.detach().to(dtype), requires_grad=False)
+            if module.bias is not None: module.bias = torch.nn.Parameter(module.bias.detach().to(dtype), requires_grad=False)
+    return clone
+
+
 # %% ../nbs/32_xvocab_distill.ipynb #b9623e21
 @dataclass
 class BeamTrace:
@@ -626,6 +643,7 @@ def exact_targets(teacher, # the teacher causal LM
     bounds = window_bounds(token_starts, spelled, window)
     if max_symbols is not None: bounds = bounds[:next((w + 1 for w, (_, b) in enumerate(bounds) if b >= max_symbols), len(bounds))]
     teacher_ids = teacher_ids.tolist()
+    if autocast is not None: teacher = linears_in(teacher, autocast)  # the same products, without a cast per pass
 
     def job(a, b):  # one window: its symbols, its own teacher tokens, settled points in symbols, the gap tokenizer
         window_symbols = symbols[a:b]

@@ -4,6 +4,7 @@ Load with `AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)`
 `hypercompress.checkpoint.load(folder)`.
 """
 import pickle
+import re
 import torch
 import torch.nn.functional as F
 from pathlib import Path
@@ -102,9 +103,10 @@ def _corrupt(path:Path, error:Exception) -> CheckpointError:
 
 
 def _unpickling_refused(path:Path, error:Exception) -> CheckpointError:
+    first = re.sub(r"\x1b\[[0-9;]*m", "", str(error).splitlines()[0]).strip()  # torch's message carries terminal colours
     return CheckpointError(f"{path}: refused to load it: it holds Python objects other than tensors and plain values, "
                            f"which `torch.load(weights_only=True)` will not unpickle (running them could execute code). "
-                           f"Checkpoints written by Hypercompress never hold any. ({str(error).splitlines()[0]})")
+                           f"Checkpoints written by Hypercompress never hold any. ({first})")
 
 
 def _torch_load(path:Path):
