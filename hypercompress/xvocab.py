@@ -398,7 +398,7 @@ class BeamTrace:
     hypotheses: list = field(default_factory=list) # position -> [(state, depth, log p(τ))] before the position's step
     contributions: list = field(default_factory=list) # position -> [(entry, log weight)]
     roots: list = field(default_factory=list) # position -> the state of the most recent token start (for the floor)
-    heals: int = 0 # positions where nothing kept read the next symbol and the beam restarted
+    heal_at: list = field(default_factory=list) # positions where nothing kept read the next symbol and the beam restarted
 
 def run_beam(states:WindowStates, beam:int|None, threshold:float, settled:list[int]|None=None,
              trace:BeamTrace|None=None, start:int=0) -> tuple[BeamTrace, list, int|None]:
@@ -413,6 +413,7 @@ def run_beam(states:WindowStates, beam:int|None, threshold:float, settled:list[i
     backbone_ends = end[:n_backbone]
     if trace is None or start == 0: trace, start = BeamTrace(hypotheses=[[(0, 0, 0.0)]]), 0
     del trace.hypotheses[start + 1:], trace.contributions[start:], trace.roots[start:]
+    trace.heal_at = [p for p in trace.heal_at if p < start]  # what is redone is counted again
     hypotheses, misses, first_miss = trace.hypotheses[start], [], None
     latest_root = trace.roots[start - 1] if start else 0
     for i in range(start, len(states.symbols)):
@@ -451,7 +452,7 @@ def run_beam(states:WindowStates, beam:int|None, threshold:float, settled:list[i
                 # continue as the text's own tokenization (the backbone token covering symbol i)
                 k = bisect.bisect_right(backbone_ends, i) - 1
                 if k + 1 >= n_backbone: raise ValueError(f"no teacher token reads student symbol {i} of the window")
-                hypotheses, trace.heals = [(k, i + 1 - end[k], float(states.teacher_logp[:k].sum()))], trace.heals + 1
+                hypotheses = [(k, i + 1 - end[k], float(states.teacher_logp[:k].sum()))]; trace.heal_at.append(i)
                 trace.hypotheses.append(hypotheses)
                 continue
             s, w, v = max(ended, key=lambda c: c[2])
@@ -460,7 +461,7 @@ def run_beam(states:WindowStates, beam:int|None, threshold:float, settled:list[i
                 misses.append((s, w)); first_miss = i if first_miss is None else first_miss
                 break
             if len(paths[end[child]]) < 2: raise ValueError(f"no teacher token starts with student symbol {symbol}")
-            hypotheses, trace.heals = [(child, 1, v)], trace.heals + 1
+            hypotheses = [(child, 1, v)]; trace.heal_at.append(i)
         trace.hypotheses.append(hypotheses)
     return trace, misses, first_miss
 
@@ -561,7 +562,7 @@ def label_windows(teacher, # the teacher causal LM
         if rounds == max_rounds: raise RuntimeError(f"the covering beam still needs teacher states after {rounds} rounds")
         evaluate(requests)
     return [(beam_distributions(states, trace, floor), states,
-             dict(rounds=rounds, states=len(states.parent), backbone=states.n_backbone, heals=trace.heals))
+             dict(rounds=rounds, states=len(states.parent), backbone=states.n_backbone, heals=len(trace.heal_at)))
             for states, trace in zip(group, traces)]
 
 def label_window(teacher, trie, symbols, backbone, prefix_id, beam=2, threshold=0.01, floor=1e-3, settled=None,
