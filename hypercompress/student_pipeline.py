@@ -137,7 +137,8 @@ def cross_vocab_targets(teacher, # the teacher model
     k = min(settings.top_k or len(vocab), len(vocab))
     precision = training_precision(config.compute.precision, next(teacher.parameters()).device)
     beam = dict(beam=cross.beam, threshold=cross.threshold, floor=cross.floor, recombine=cross.recombine,
-                window=cross.window, lookahead=cross.lookahead, autocast=torch.bfloat16 if precision == "bf16" else None)
+                window=cross.window, lookahead=cross.lookahead, windows_per_pass=cross.windows_per_pass,
+                autocast=torch.bfloat16 if precision == "bf16" else None)
     common = dict(cache_dir=config.storage.cache_dir, log=log, progress=progress, **beam)
     chunks, path = cached_xvocab_targets(teacher, tokenizer, vocab, train_text, data.seq_len, k, settings.temperature,
                                          windows, **common)

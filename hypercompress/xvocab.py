@@ -4,10 +4,10 @@
 
 # %% auto #0
 __all__ = ['TARGETS_FORMAT', 'SpellingTrie', 'spelling_trie', 'prefix_masses', 'prefix_probability_by_enumeration',
-           'covering_beam', 'settled_points', 'WindowStates', 'StateStore', 'linears_in', 'BeamTrace', 'run_beam',
-           'beam_distributions', 'label_windows', 'label_window', 'symbol_bytes', 'window_bounds', 'XvocabTargets',
-           'exact_targets', 'cache_xvocab_targets', 'TargetsError', 'targets_report', 'check_targets', 'xvocab_fields',
-           'cached_xvocab_targets']
+           'covering_beam', 'settled_points', 'WindowStates', 'packs_windows', 'packed_forward', 'StateStore',
+           'linears_in', 'BeamTrace', 'run_beam', 'beam_distributions', 'label_windows', 'label_window', 'symbol_bytes',
+           'window_bounds', 'XvocabTargets', 'exact_targets', 'cache_xvocab_targets', 'TargetsError', 'targets_report',
+           'check_targets', 'xvocab_fields', 'cached_xvocab_targets']
 
 # %% ../nbs/32_xvocab_distill.ipynb #2003ef57
 import bisect
@@ -308,34 +308,69 @@ class WindowStates:
                 self.exact[s] = {e - a: exact_at[e] for e in range(a + 1, z) if e in exact_at}
                 self.entry_base[s] = entry + a
 
+def packs_windows(model) -> bool:
+    "Whether `packed_forward` knows `model`'s decoder: Llama's (pre-norm, rotary positions, full attention, gated MLP)."
+    return getattr(getattr(model, "config", None), "model_type", None) == "llama" and hasattr(getattr(model, "model", None), "rotary_emb")
+
+def packed_forward(model, # a `LlamaForCausalLM`
+                   ids:Tensor, # (N,) new tokens of several windows, one after another
+                   positions:Tensor, # (N,) their positions in their own windows
+                   attend, # attend(layer, q, k, v) -> (1, H, N, d): each window's queries against its own keys only
+                  ) -> tuple[Tensor, list]:
+    """Llama's forward pass over packed tokens, attention left to `attend`: every matrix product runs on all N
+    tokens at once (no padding), while attention stays within each window. Returns the (N, V) logits and each
+    layer's new (keys, values), each (kv heads, N, head_dim), for the caller to store."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+    base = model.model
+    h = base.embed_tokens(ids)[None]
+    cos, sin = base.rotary_emb(h, positions[None])
+    new = []
+    for index, layer in enumerate(base.layers):
+        attention, x = layer.self_attn, layer.input_layernorm(h)
+        shape = (1, len(ids), -1, attention.head_dim)
+        q, k, v = (projection(x).view(shape).transpose(1, 2) for projection in (attention.q_proj, attention.k_proj, attention.v_proj))
+        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        new.append((k[0], v[0]))
+        h = h + attention.o_proj(attend(index, q, k, v).transpose(1, 2).reshape(1, len(ids), -1))
+        h = h + layer.mlp(layer.post_attention_layernorm(h))
+    return model.lm_head(base.norm(h))[0], new
+
 class StateStore:
     """One store of keys and values for a group of windows, grown geometrically; each forward pass evaluates the new
     states of every window of the group at once (tree attention: a boolean mask says who sees whom)."""
-    def __init__(self, teacher, windows:int, autocast:torch.dtype|None=None):
+    def __init__(self, teacher, windows:int, autocast:torch.dtype|None=None,
+                 packed:bool|None=None, # `packed_forward` for the rounds' passes; None: when `packs_windows(teacher)`
+                ):
         self.teacher, self.autocast, self.keyword = teacher, autocast, _cache_keyword(teacher)
         self.device = next(teacher.parameters()).device
         self.kv, self.used = None, [0] * windows
+        self.packed = packs_windows(teacher) if packed is None else packed
 
     def _precision(self):
         return (torch.autocast(self.device.type, dtype=self.autocast) if self.autocast else
                 torch.autocast(self.device.type, enabled=False))
 
-    def _keep(self, cache, counts:list[int]):
-        "Append each window's new keys and values (the last max(counts) of `cache`, the first counts[g] of them real)."
-        width = max(counts)
+    def _append(self, new:list, counts:list[int]):
+        "Append each window's new keys and values: new[layer][g] = (keys, values), each (heads, counts[g], head_dim), or None."
         need = max(u + n for u, n in zip(self.used, counts))
         if self.kv is None or need > self.kv[0][0].shape[2]:
             size, grown = max(2 * need, 1024), []
-            for layer, new in enumerate(cache.layers):
-                k = new.keys.new_zeros(new.keys.shape[:2] + (size,) + new.keys.shape[3:]); v = torch.zeros_like(k)
+            for layer, pairs in enumerate(new):
+                like = next(k for k, _ in filter(None, pairs))
+                k = like.new_zeros((len(counts), like.shape[0], size, like.shape[2])); v = torch.zeros_like(k)
                 if self.kv: k[:, :, :self.kv[layer][0].shape[2]], v[:, :, :self.kv[layer][1].shape[2]] = self.kv[layer]
                 grown.append((k, v))
             self.kv = grown
-        for (k, v), new in zip(self.kv, cache.layers):
+        for (k, v), pairs in zip(self.kv, new):
             for g, n in enumerate(counts):
-                if n: k[g, :, self.used[g]:self.used[g] + n], v[g, :, self.used[g]:self.used[g] + n] = (
-                    new.keys[g, :, -width:][:, :n], new.values[g, :, -width:][:, :n])
+                if n: k[g, :, self.used[g]:self.used[g] + n], v[g, :, self.used[g]:self.used[g] + n] = pairs[g]
         self.used = [u + n for u, n in zip(self.used, counts)]
+
+    def _keep(self, cache, counts:list[int]):
+        "Append each window's new keys and values from `cache` (its last max(counts) entries, the first counts[g] real)."
+        width = max(counts)
+        self._append([[(layer.keys[g, :, -width:][:, :n], layer.values[g, :, -width:][:, :n]) if n else None
+                       for g, n in enumerate(counts)] for layer in cache.layers], counts)
 
     def start(self, sequences:list[list[int]]) -> list[Tensor]:
         "Causal pass over each window's backbone (right-padded: padding comes after every real token)."
@@ -353,6 +388,7 @@ class StateStore:
         from transformers import DynamicCache
         live = [g for g, r in enumerate(requests) if r is not None]
         if not live: return [None] * len(requests)
+        if self.packed: return self._packed(requests, live)
         n_new = max(len(requests[g][1]) for g in live); n_context = max(len(requests[g][3]) for g in live)
         G = len(requests)
         ids = torch.zeros(G, n_new, dtype=torch.long); positions = torch.zeros(G, n_new, dtype=torch.long)
@@ -374,6 +410,36 @@ class StateStore:
                                   attention_mask=mask.to(self.device), use_cache=True, **{self.keyword: cache}).logits
         self._keep(cache, [len(requests[g][1]) if requests[g] is not None else 0 for g in range(G)])
         return [logits[g, :len(requests[g][1])] if requests[g] is not None else None for g in range(G)]
+
+    def _packed(self, requests:list, live:list[int]) -> list:
+        "`forward` with no padding: the live windows' new states in one sequence, each attending to its own context."
+        counts = [len(r[1]) if r is not None else 0 for r in requests]
+        offsets = [0, *torch.tensor([counts[g] for g in live]).cumsum(0).tolist()]
+        ids = torch.tensor([t for g in live for t in requests[g][1]], device=self.device)
+        positions = torch.tensor([p for g in live for p in requests[g][2]], device=self.device)
+        contexts = [torch.tensor(requests[g][3], dtype=torch.long, device=self.device) for g in live]
+        masks = [requests[g][4][None, None].to(self.device) for g in live]
+        layers = self.teacher.model.layers
+
+        def attend(index, q, k, v):  # window by window: its queries, its stored context and its new keys only
+            K, V = self.kv[index]
+            out = []
+            for j, g in enumerate(live):
+                a, b = offsets[j], offsets[j + 1]
+                keys = torch.cat([K[g][:, contexts[j]], k[0, :, a:b]], 1)[None]
+                values = torch.cat([V[g][:, contexts[j]], v[0, :, a:b]], 1)[None]
+                out.append(torch.nn.functional.scaled_dot_product_attention(
+                    q[:, :, a:b], keys, values, attn_mask=masks[j], scale=layers[index].self_attn.scaling, enable_gqa=True))
+            return torch.cat(out, 2)
+
+        with self._precision(): logits, new = packed_forward(self.teacher, ids, positions, attend)
+        pairs = [[None] * len(requests) for _ in new]
+        for layer, (k, v) in enumerate(new):
+            for j, g in enumerate(live): pairs[layer][g] = (k[:, offsets[j]:offsets[j + 1]], v[:, offsets[j]:offsets[j + 1]])
+        self._append(pairs, counts)
+        result = [None] * len(requests)
+        for j, g in enumerate(live): result[g] = logits[offsets[j]:offsets[j + 1]]
+        return result
 
 # %% ../nbs/32_xvocab_distill.ipynb #c3a9f1d0
 def linears_in(model, # a causal LM with fp32 weights
@@ -504,9 +570,10 @@ def label_windows(teacher, # the teacher causal LM
                   autocast:torch.dtype|None=None, # e.g. torch.bfloat16 for the teacher's forward passes
                   lookahead:int=16, # backbone tokens evaluated after a deviation that rejoins it
                   max_rounds:int=1000,
+                  packed:bool|None=None, # the rounds' passes through `packed_forward` (None: when the teacher is Llama's)
                  ) -> list:
     "Per window: ((m, V_S) next-symbol distributions, its WindowStates, stats), the windows' teacher states evaluated together in rounds."
-    store = StateStore(teacher, len(windows), autocast)
+    store = StateStore(teacher, len(windows), autocast, packed)
     group, chains = [], []
     for symbols, backbone, settled, gap_tokens in windows:
         states = WindowStates(trie, symbols, prefix_id, temperature)
@@ -624,6 +691,7 @@ def exact_targets(teacher, # the teacher causal LM
                   window:int=2048, # student symbols per window: the teacher's context restarts at each
                   lookahead:int=2, # backbone tokens speculated after a deviation (cost only, never values)
                   windows_per_pass:int=1, # windows whose new states share one forward pass
+                  packed:bool|None=None, # those passes through `packed_forward` (None: when the teacher is Llama's)
                   autocast:torch.dtype|None=None, # e.g. torch.bfloat16 for the teacher's forward passes
                   max_symbols:int|None=None, # label only the first windows covering this many symbols
                   progress:bool=True,
@@ -676,7 +744,7 @@ def exact_targets(teacher, # the teacher causal LM
             group = bounds[g:g + windows_per_pass]
             jobs = [job(a, b) for a, b in group]
             results = label_windows(teacher, trie, jobs, prefix_token_id(teacher_tokenizer), beam, threshold, floor,
-                                    temperature, autocast, lookahead)
+                                    temperature, autocast, lookahead, packed=packed)
             for (a, b), (window_symbols, *_), (q, states, window_stats) in zip(group, jobs, results):
                 top = q.topk(k, dim=-1)
                 indices[a:b], logprobs[a:b] = top.indices.int(), top.values.clamp(min=1e-38).log().float()

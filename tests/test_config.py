@@ -53,7 +53,7 @@ def test_1000x_targets():
     assert config.targets.compression_ratio == 1000
     assert config.targets.retained_accuracy == 0.75
     assert config.branches.blt.enabled and config.branches.blt.vocab == 'bytes'
-    assert config.distillation.student_init == 'teacher'
+    assert config.distillation.student_init == 'random'  # measured in nbs/33: the teacher's initialisation hurt at 1000x
     assert config.distillation.learning_rate == pytest.approx(3e-3)
 
 
