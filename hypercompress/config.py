@@ -206,7 +206,7 @@ class KvBranchConfig(ConfigSection):
     cache_tokens: Integer = Field(0, ge=0) # recent tokens kept in the KV cache; 0 = unbounded
     sink_tokens: Integer = Field(4, ge=0) # first tokens always kept (attention sinks)
     student_hidden: Integer | None = Field(None, ge=1) # student hidden size; None = planner decides
-    activation_matching_weight: Number = Field(0.1, ge=0) # weight of the hidden-state matching loss
+    activation_matching_weight: Number = Field(0.1, ge=0) # weight of the loss matching the student's attention outputs to the teacher's (a live teacher only)
 
 class BltBranchConfig(ConfigSection):
     "Embedding and vocabulary reduction"
