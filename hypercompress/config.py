@@ -263,7 +263,7 @@ class CrossVocabConfig(ConfigSection):
     recombine: bool = True # a deviation from the text's own tokenization continues as it once a pre-token boundary is read
     window: Integer = Field(2048, ge=16) # student symbols per labelling window (the teacher's context restarts at each)
     lookahead: Integer = Field(2, ge=0) # the text's own tokens evaluated after a deviation that rejoins it (cost, never values)
-    windows_per_pass: Integer = Field(4, ge=1) # labelling windows whose new states share one teacher pass (packed, no padding, for Llama teachers; nbs/32 measures the rate)
+    windows_per_pass: Integer = Field(16, ge=1) # labelling windows in the pool whose new states share each teacher pass (packed, no padding, for Llama teachers; nbs/32 measures the rate)
     check_bytes: Integer = Field(20_000, ge=1) # bytes of the cached training text the leak check scores
     leak_tolerance: Number = Field(0.02, ge=0) # stop when the targets score this much better (BPB) than the teacher on that text
     lossy_tolerance: Number = Field(0.10, ge=0) # stop when they score this much worse
