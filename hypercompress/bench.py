@@ -15,7 +15,6 @@ import copy
 import io
 import json
 import math
-import os
 import platform
 import tempfile
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .files import atomic_write
 from .models import count_nonzero, count_parameters, iter_linears, linear_shape, linear_weight
 
 # %% ../nbs/90_benchmarks.ipynb #1aaece26
@@ -706,7 +706,7 @@ def run_bench(teacher_model="smollm2-135m", # model spec of the teacher, or a lo
     import shutil
     from hypercompress.checkpoint import save_checkpoint
     from hypercompress.data import load_text, split_text
-    from hypercompress.pipeline import load_any
+    from hypercompress.checkpoint import load_any
     settings = settings or (QUICK if quick else FULL)
     work = Path(tempfile.mkdtemp(prefix="hypercompress-bench-"))  # every model of the run; deleted at the end
     start = time.perf_counter()
@@ -741,10 +741,7 @@ def run_bench(teacher_model="smollm2-135m", # model spec of the teacher, or a lo
 def _publish(out:Path, files:dict[str, bytes]) -> Path:
     "Write each file to a temporary name, then rename it into place: a failed run leaves earlier results untouched."
     out.mkdir(parents=True, exist_ok=True)
-    for name, content in files.items():
-        temporary = out / f".{name}.tmp"
-        temporary.write_bytes(content)
-        os.replace(temporary, out / name)
+    for name, content in files.items(): atomic_write(out / name, lambda temporary, content=content: temporary.write_bytes(content))
     return out
 
 def _finetuned_teacher(teacher, tokenizer, train, val, teacher_bpb, settings, work, log) -> dict:

@@ -4,16 +4,16 @@
 
 # %% auto #0
 __all__ = ['FORMAT_VERSION', 'MODEL_TYPE', 'CHECKPOINT_MODULES', 'QUANTIZATION_BITS', 'CODES_SUFFIX', 'SCALES_SUFFIX',
-           'REMOTE_CODE_FILE', 'CURRENT', 'VERSIONS', 'LOCK_FILE', 'CheckpointError', 'CheckpointModule',
-           'register_checkpoint_module', 'describe_factorized_embedding', 'build_factorized_embedding',
-           'describe_tied_head', 'build_tied_head', 'describe_latent_kv', 'build_latent_kv',
-           'describe_factorized_linear', 'build_factorized_linear', 'describe_linear_chain', 'build_linear_chain',
-           'structure_recipe', 'rebuild_from_recipe', 'stored_state', 'load_stored_state', 'quantize_groups',
-           'dequantize_groups', 'quantize_state', 'dequantize_state', 'input_dims', 'plain', 'source_closure',
-           'remote_code', 'read_weights', 'storage_settings', 'write_checkpoint', 'save_checkpoint', 'storage_bytes',
-           'OutputError', 'check_output_dir', 'locked_output', 'remove_leftovers', 'new_staging', 'result_folder',
-           'publish', 'keep_aside', 'build_model', 'load_checkpoint', 'load_pretrained', 'load',
-           'HypercompressModelConfig', 'HypercompressForCausalLM', 'register_model_type', 'upgrade_hf_folder']
+           'REMOTE_CODE_FILE', 'CURRENT', 'VERSIONS', 'LOCK_FILE', 'CheckpointModule', 'register_checkpoint_module',
+           'describe_factorized_embedding', 'build_factorized_embedding', 'describe_tied_head', 'build_tied_head',
+           'describe_latent_kv', 'build_latent_kv', 'describe_factorized_linear', 'build_factorized_linear',
+           'describe_linear_chain', 'build_linear_chain', 'structure_recipe', 'rebuild_from_recipe', 'stored_state',
+           'load_stored_state', 'quantize_groups', 'dequantize_groups', 'quantize_state', 'dequantize_state',
+           'input_dims', 'plain', 'source_closure', 'remote_code', 'read_weights', 'storage_settings',
+           'write_checkpoint', 'save_checkpoint', 'storage_bytes', 'check_output_dir', 'locked_output',
+           'remove_leftovers', 'new_staging', 'result_folder', 'publish', 'keep_aside', 'build_model',
+           'load_checkpoint', 'load_pretrained', 'load', 'HypercompressModelConfig', 'HypercompressForCausalLM',
+           'register_model_type', 'upgrade_hf_folder', 'load_any']
 
 # %% ../nbs/23_checkpoint.ipynb #6d6ba472
 import ast
@@ -47,16 +47,15 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.pytorch_utils import Conv1D
 
 from .blt import FactorizedEmbedding, FactorizedTiedHead, _retie
+from .errors import CheckpointError, ModelLoadError, OutputError
+from .files import atomic_write
 from .kv import LatentKVAttention, LatentProjection, _rotary_embedding
-from .models import ModelLoadError, first_nonfinite, from_pretrained_strict
+from .models import first_nonfinite, from_pretrained_strict, load_model
 from .structural import FactorizedLinear
 
 # %% ../nbs/23_checkpoint.ipynb #c3aa9b1a
 FORMAT_VERSION = 1 # bumped when the layout changes; loaders refuse newer versions
 MODEL_TYPE = "hypercompress" # config.json's model_type of a folder that needs this package (or its own modeling file) to load
-
-class CheckpointError(ValueError):
-    "A checkpoint is missing, corrupt, truncated, or not one Hypercompress wrote; the message names the file."
 
 # %% ../nbs/23_checkpoint.ipynb #204e91f0
 @dataclass
@@ -628,9 +627,6 @@ def storage_bytes(paths, # a file or folder, or a list of them
 # %% ../nbs/23_checkpoint.ipynb #09f592bc
 CURRENT, VERSIONS, LOCK_FILE = "current", "versions", ".lock" # the pointer, the published runs, the advisory lock
 
-class OutputError(ValueError):
-    "An output folder that cannot take a result: a file, not writable, short of space, or being written by another run."
-
 def check_output_dir(out_dir) -> Path:
     "`out_dir` as a Path; `OutputError` when it, or a folder above it, is a file, or its nearest existing folder is not writable."
     out_dir = Path(out_dir)
@@ -956,7 +952,35 @@ def upgrade_hf_folder(folder, # a Hugging Face folder saved before compressed fo
     files = {REMOTE_CODE_FILE: remote_code(model, info["recipe"], own_model_type=True),
              "config.json": json.dumps(_folder_config(model, description, info["weights_file"]), indent=2, sort_keys=True) + "\n"}
     for name, text in files.items():  # each file replaced whole; the modeling file first, so config.json never names a class not there
-        temporary = folder / f".{name}.{uuid.uuid4().hex[:8]}.tmp"
-        temporary.write_text(text)
-        os.replace(temporary, folder / name)
+        atomic_write(folder / name, lambda temporary, text=text: temporary.write_text(text))
     return True
+
+# %% ../nbs/23_checkpoint.ipynb #1cb08d8d
+def _is_checkpoint(path:Path) -> bool:
+    "Whether `path` is something `save_checkpoint` wrote."
+    if path.suffix == ".pt" and path.is_file(): return True
+    for folder in (path, path / "hf"):
+        config = folder / "config.json"
+        if not config.is_file(): continue
+        if (folder / REMOTE_CODE_FILE).is_file(): return True  # even if its config lost the recipe: the checkpoint loader says so
+        try:
+            if "hypercompress" in json.loads(config.read_text()): return True
+        except ValueError: return True  # unreadable: let the checkpoint loader name the broken file
+    return path.is_dir() and any(path.glob("*.pt"))
+
+def load_any(spec, # model spec for `load_model`, a Hypercompress checkpoint path, or a loaded (model, tokenizer)
+            ) -> tuple:
+    "(model, tokenizer, origin) where origin holds the original teacher's parameter count when known."
+    if isinstance(spec, tuple): return spec[0], spec[1], {}  # already in memory (benchmarks reuse one loaded teacher)
+    path = Path(str(spec)).expanduser()
+    if path.exists() and _is_checkpoint(path):
+        path = result_folder(path).resolve() if path.is_dir() else path.resolve()  # one version: model and summary agree
+        model, tokenizer = load(path)
+        summary = path / "summary.json" if path.is_dir() else path.parent / "summary.json"
+        try: origin = json.loads(summary.read_text()).get("origin", {}) if summary.is_file() else {}
+        except (ValueError, UnicodeDecodeError) as error:
+            raise CheckpointError(f"{summary} is corrupt and cannot be read ({type(error).__name__}: {error})") from None
+        if tokenizer is None: raise ValueError(f"{path}: checkpoint has no tokenizer saved beside it")
+        return model.eval(), tokenizer, origin
+    model, tokenizer = load_model(spec)
+    return model, tokenizer, {}

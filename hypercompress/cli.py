@@ -152,7 +152,7 @@ def check_checkpoint(checkpoint:str, # a run's output, its hf/ folder or .pt fil
     from hypercompress.data import load_text, split_text
     from hypercompress.evaluate import check_eval_settings, evaluate_bpb
     from hypercompress.models import count_nonzero, count_parameters
-    from hypercompress.pipeline import load_any
+    from hypercompress.checkpoint import load_any
     if not prompt: raise ValueError("--prompt is empty: the sample needs text to continue")
     model, tokenizer, origin = load_any(checkpoint)
     check_eval_settings(model, seq_len, max_tokens=max_tokens)  # before generating: a bad setting fails at once

@@ -94,7 +94,7 @@ def evaluate_spec(model_spec:str, # model spec understood by `load_model`, or a 
                  ) -> dict:
     "Load `model_spec`, score it on `split` of `data_spec`; adds the parameter count."
     from hypercompress.models import count_parameters
-    from hypercompress.pipeline import load_any  # at call time: the pipeline module comes later in import order
+    from hypercompress.checkpoint import load_any  # at call time: checkpoints need the compressed layers, which come later
     model, tokenizer, _ = load_any(model_spec)  # a compressed checkpoint loads with its own modules
     whole = load_text(data_spec)
     text = whole if split == "all" else split_text(whole, train_fraction)[split]

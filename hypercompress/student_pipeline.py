@@ -14,8 +14,8 @@ from transformers import LlamaForCausalLM
 
 from .data import make_chunks
 from .distill import distill
+from .errors import TargetNotReachableError
 from .models import count_parameters
-from .pipeline import TargetNotReachableError
 from .student import design_student, init_from_teacher, teacher_importance
 from .vocab import StudentVocab, byte_vocab, student_vocab
 from .train import training_precision

@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['TARGETS_FOLDER', 'ENTRY_FORMAT', 'CACHE_FORMAT', 'targets_dir', 'tensor_digest', 'teacher_identity', 'target_key',
-           'atomic_write', 'file_digest', 'record_path', 'cached_targets', 'CacheEntry', 'cache_entries', 'clear_cache',
-           'TeacherCache', 'cache_teacher_topk', 'save_teacher_cache', 'load_teacher_cache', 'check_teacher_cache',
+           'record_path', 'cached_targets', 'CacheEntry', 'cache_entries', 'clear_cache', 'TeacherCache',
+           'cache_teacher_topk', 'save_teacher_cache', 'load_teacher_cache', 'check_teacher_cache',
            'teacher_topk_fields', 'shared_teacher_topk']
 
 # %% ../nbs/19b_teacher_cache.ipynb #7e23edee
@@ -15,7 +15,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import time
 import warnings
 import weakref
@@ -29,6 +28,7 @@ from tqdm import tqdm
 
 from .data import TokenChunks
 from .data import cache_dir as default_cache_folder
+from .files import atomic_write, file_digest
 from .losses import next_token_logprobs, teacher_topk
 from .train import autocast
 
@@ -81,29 +81,6 @@ def target_key(fields:dict) -> str:
 
 # %% ../nbs/19b_teacher_cache.ipynb #7cd30a02
 ENTRY_FORMAT = "hypercompress-cached-targets-1"
-
-def atomic_write(path:str|os.PathLike, # the file to (re)place
-                 write, # write(temporary_path): writes the whole file there
-                ) -> Path:
-    "Write a file through a temporary one beside it and a rename: a failed or killed write leaves `path` as it was."
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(descriptor)
-    try:
-        write(Path(temporary))
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
-
-def file_digest(path:str|os.PathLike) -> str:
-    "SHA-256 of a file's bytes."
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""): digest.update(block)
-    return digest.hexdigest()
 
 def record_path(path:Path) -> Path:
     "The JSON record beside a data file."
