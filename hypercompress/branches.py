@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['registry', 'TensorProposal', 'BranchArtifact', 'CompressionState', 'CompressionBranch', 'BranchRegistry',
-           'run_branches', 'collect_input_grams', 'input_column_norms', 'calibration_ids']
+           'run_branches', 'collect_input_grams', 'input_column_norms', 'calibration_ids', 'config_calibration']
 
 # %% ../nbs/11_branches.ipynb #4be7233f
 from dataclasses import dataclass, field
@@ -167,3 +167,11 @@ def calibration_ids(tokenizer, # the model's tokenizer
     if len(ids) <= seq_len: raise ValueError(f"calibration text has {len(ids)} tokens; need more than seq_len={seq_len}")
     starts = torch.randint(0, len(ids) - seq_len, (n_sequences,), generator=torch.Generator().manual_seed(seed))
     return torch.stack([ids[s:s + seq_len] for s in starts.tolist()])
+
+def config_calibration(tokenizer, text:str, config,
+                       n_sequences:int|None=None, # None: `data.calibration_sequences`
+                      ) -> torch.Tensor:
+    "`calibration_ids` as the config sets it: `data.calibration_sequences` windows of `data.calibration_seq_len` tokens (at most `data.seq_len`)."
+    data = config.data
+    return calibration_ids(tokenizer, text, n_sequences or data.calibration_sequences,
+                           min(data.seq_len, data.calibration_seq_len), config.seed)

@@ -76,8 +76,9 @@ def _add_plan(subparsers):
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override such as branches.lra.rank=16 (repeatable)")
     p.add_argument("--calibration-sequences", type=int, default=0,
-                   help="sequences of data.seq_len tokens from the training split of data.distill for activation-aware "
-                        "(whitened) sensitivity; 0 = plain weight spectra (faster)")
+                   help="windows of data.calibration_seq_len tokens from the training split of data.distill for "
+                        "activation-aware (whitened) sensitivity, as `hypercompress run` draws them; 0 = plain weight "
+                        "spectra (faster)")
     p.add_argument("--json", action="store_true", help="print the plan as one JSON object")
     p.set_defaults(func=_run_plan)
 
@@ -90,10 +91,10 @@ def _run_plan(args):
     model, tokenizer = load_model(args.teacher_model)
     calibration = None
     if args.calibration_sequences:
-        from hypercompress.branches import calibration_ids
+        from hypercompress.branches import config_calibration
         from hypercompress.data import load_text, split_text
         train = split_text(load_text(config.data.distill), config.data.train_fraction).train
-        calibration = calibration_ids(tokenizer, train, args.calibration_sequences, config.data.seq_len, config.seed)
+        calibration = config_calibration(tokenizer, train, config, args.calibration_sequences)
     result = plan(model, config, calibration=calibration, verbose=not args.json)
     if args.json: print(_json(result.to_dict()))
     else:

@@ -104,6 +104,11 @@ def _unknown_key(key, where:str, valid:list) -> str:
 REMOVED_KEYS = {  # keys older configs may still hold, with what replaced them
     'distillation.teacher_top_k': "cross-vocabulary targets are no longer projected from the teacher's top-k tokens; "
                                   "they are exact up to the beam settings in distillation.cross_vocab (delete the key)",
+    'branches.kv.student_hidden': "nothing read it: a designed student's width comes from its parameter budget "
+                                  "(hypercompress.student.design_student) (delete the key)",
+    'branches.blt.multimodal': "nothing read it: the input is text, read as UTF-8 bytes by byte students (delete the key)",
+    'finetune.mmlu_target': "fine-tuning never stopped on MMLU: it stops on validation BPB (finetune.patience, "
+                            "finetune.ppl_tolerance); evaluation.run_mmlu measures MMLU after the run (delete the key)",
 }
 
 def _unknown_key_at(key, parents:list, valid:list) -> str:
@@ -203,7 +208,6 @@ class KvBranchConfig(ConfigSection):
     rank: Integer | None = Field(None, ge=1) # rank of the key/value projections; None = planner decides
     cache_tokens: Integer = Field(0, ge=0) # recent tokens kept in the KV cache; 0 = unbounded
     sink_tokens: Integer = Field(4, ge=0) # first tokens always kept (attention sinks)
-    student_hidden: Integer | None = Field(None, ge=1) # student hidden size; None = planner decides
     activation_matching_weight: Number = Field(0.1, ge=0) # weight of the loss matching the student's attention outputs to the teacher's (a live teacher only)
 
 class BltBranchConfig(ConfigSection):
@@ -211,7 +215,6 @@ class BltBranchConfig(ConfigSection):
     enabled: bool = False
     embedding_reduction: Number = Field(0.0, ge=0, le=0.99) # fraction of embedding parameters to remove
     latent_dim: Integer | None = Field(None, ge=1) # rank r_e of the factorized embedding (wins over embedding_reduction); None = planner decides
-    multimodal: bool = False # accept non-text bytes as input
     vocab: Literal['teacher', 'bytes', 'bpe'] = 'teacher' # the student's vocabulary
     vocab_size: Integer | None = Field(None, ge=1) # size of a 'bpe' vocabulary; None = planner decides
 
@@ -251,6 +254,8 @@ class DataConfig(ConfigSection):
     max_chunks: Integer | None = Field(None, ge=1) # cap on chunks read; None = all
     batch_size: Integer = Field(8, ge=1)
     train_fraction: Number = Field(0.9, gt=0, lt=1) # fraction of chunks used for training
+    calibration_sequences: Integer = Field(16, ge=1) # training-split windows the planner and branches measure activations on
+    calibration_seq_len: Integer = Field(256, ge=2) # tokens per calibration window (at most data.seq_len)
 
 # %% ../nbs/00_config.ipynb #019fd15b
 class CrossVocabConfig(ConfigSection):
@@ -297,7 +302,6 @@ class FinetuneConfig(ConfigSection):
     patience: Integer = Field(3, ge=1) # evaluations without improvement before stopping
     ppl_tolerance: Number = Field(0.01, ge=0) # relative perplexity gain that counts as improvement
     eval_every_tokens: Integer = Field(50_000, ge=1) # training tokens between evaluations
-    mmlu_target: Number | None = Field(None, ge=0, le=1) # stop once MMLU accuracy reaches this; None = no target
 
 # %% ../nbs/00_config.ipynb #4ea18d81
 class EvaluationConfig(ConfigSection):

@@ -151,6 +151,7 @@ def fill_math(text:str, formulas:list[str]) -> str:
 
 # %% ../nbs/50_docs.ipynb #7f93dbb4
 import importlib
+import inspect
 
 _LIBRARY = "hypercompress"
 _SHOW_DOC = re.compile(r"^show_doc\((.+)\)\s*$", re.M)
@@ -183,11 +184,20 @@ class _ShowDocs:
         from nbdev.showdoc import BasicMarkdownRenderer, show_doc
         try:
             namespace = vars(importlib.import_module(f"{_LIBRARY}.{self.module or self.default}"))
-            doc = show_doc(eval(m.group(1), namespace), renderer=BasicMarkdownRenderer)
+            target = eval(m.group(1), namespace)
         except Exception as e:
             self.problems.append(f"show_doc({m.group(1)}): {type(e).__name__}: {e}"); return
+        try: markdown = show_doc(target, renderer=BasicMarkdownRenderer)._repr_markdown_()
+        except Exception as e:
+            init_module = getattr(getattr(target, "__init__", None), "__module__", "") or ""
+            if not (isinstance(target, type) and not init_module.startswith(_LIBRARY)):
+                self.problems.append(f"show_doc({m.group(1)}): {type(e).__name__}: {e}"); return
+            # a class whose constructor comes from another library (e.g. a `PretrainedConfig`), annotated with names
+            # this module never imports: its own docstring, and the constructor named for what it is
+            markdown = (f"### {target.__name__}\n\n> {target.__name__}(**kwargs)  (constructor of "
+                        f"`{target.__init__.__qualname__.split('.')[0]}`, {init_module})\n\n{inspect.getdoc(target) or ''}\n")
         cell.outputs = [{"output_type": "display_data", "metadata": {},
-                         "data": {"text/markdown": doc._repr_markdown_(), "text/plain": m.group(1)}}]
+                         "data": {"text/markdown": markdown, "text/plain": m.group(1)}}]
 
 def _hide_cells(cell):
     "Remove hidden cells, and apply the quarto options nbdev leaves at the top of a code cell."

@@ -7,7 +7,6 @@ __all__ = ['FinetuneResult', 'finetune', 'plot_curves']
 
 # %% ../nbs/21_finetune.ipynb #24cf40b7
 import time
-import warnings
 from dataclasses import asdict, dataclass
 
 import torch
@@ -59,9 +58,6 @@ def finetune(model:nn.Module, # trained in place; ends with its best evaluated w
         log(f"fine-tuning skipped ({'finetune.enabled is false' if not settings.enabled else 'max_tokens is 0'})")
         return FinetuneResult(0, settings.max_tokens, 0, [], None, 0, False, "disabled" if not settings.enabled else "max_tokens",
                               0.0, 0.0, 0.0, [])
-    if settings.mmlu_target is not None:
-        warnings.warn(f"finetune.mmlu_target={settings.mmlu_target} is not used by finetune(): it stops on validation "
-                      "perplexity only", stacklevel=2)
     seq_len, device = train_chunks.input_ids.shape[1], next(model.parameters()).device
     plan = list(budget_batches(len(train_chunks), seq_len, config.data.batch_size, budget, config.seed))
     precision = training_precision(config.compute.precision, device)

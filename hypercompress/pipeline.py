@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .branches import CompressionState, calibration_ids, run_branches
+from .branches import CompressionState, config_calibration, run_branches
 from .config import HypercompressConfig, dump_config, load_config
 from .data import encode_text, load_text, make_chunks, split_text, text_bytes
 from .errors import DataError
@@ -223,7 +223,8 @@ def run_lm_eval(model, tokenizer, evaluation_config, limit:int|None=None) -> dic
         try:
             out = simple_evaluate(model=HFLM(pretrained=model, tokenizer=tokenizer, batch_size=4), tasks=[task], limit=limit)
             results[task] = out["results"]
-        except Exception as e: results[task] = f"skipped: {e.__class__.__name__}: {e}"
+        except OSError as e:  # its data could not be fetched (offline: ConnectionError, a dataset not found); a defect raises
+            results[task] = f"skipped: {e.__class__.__name__}: {e}"
     return results
 
 # %% ../nbs/22_pipeline.ipynb #855e5e29
@@ -370,7 +371,7 @@ def _run(config:HypercompressConfig, texts:dict, output_dir:Path, process, *, te
             if len(base_tokenizer) != len(tokenizer):
                 raise ValueError(f"student model {student_model} has a vocabulary of {len(base_tokenizer)}, the teacher "
                                  f"{len(tokenizer)}: distillation here needs the same tokenizer")
-        calibration = calibration_ids(tokenizer, texts["train"], n_sequences=16, seq_len=min(config.data.seq_len, 256), seed=config.seed)
+        calibration = config_calibration(tokenizer, texts["train"], config)
 
     # The teacher's own architecture first; when no plan of it reaches the target (or mode is distill-only), a
     # smaller student is designed instead (`hypercompress.student_pipeline`, nbs/33).
