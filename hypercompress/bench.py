@@ -266,9 +266,9 @@ def training_throughput(teacher:nn.Module, tokenizer, students:dict, # name -> s
         cached = distill(cache, copy.deepcopy(student), tokenizer, chunks, config, log=quiet, progress=False)
         flops, rate = training_flops(student, seq_len), rates[used]
         rows[name] = dict(params=count_parameters(student), training_flops_per_token=flops,
-                          live_tokens=live.tokens, live_seconds=live.train_seconds,
+                          live_tokens=live.tokens, live_seconds=live.seconds,
                           live_tokens_per_second=live.tokens_per_second, live_ceiling=rate / (flops + teacher_forward),
-                          cached_tokens=cached.tokens, cached_seconds=cached.train_seconds,
+                          cached_tokens=cached.tokens, cached_seconds=cached.seconds,
                           cached_tokens_per_second=cached.tokens_per_second, cached_ceiling=rate / flops)
         rows[name] |= dict(live_fraction=rows[name]["live_tokens_per_second"] / rows[name]["live_ceiling"],
                            cached_fraction=rows[name]["cached_tokens_per_second"] / rows[name]["cached_ceiling"])
