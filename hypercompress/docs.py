@@ -189,13 +189,13 @@ class _ShowDocs:
             self.problems.append(f"show_doc({m.group(1)}): {type(e).__name__}: {e}"); return
         try: markdown = show_doc(target, renderer=BasicMarkdownRenderer)._repr_markdown_()
         except Exception as e:
-            init_module = getattr(getattr(target, "__init__", None), "__module__", "") or ""
-            if not (isinstance(target, type) and not init_module.startswith(_LIBRARY)):
+            base = next((b for b in target.__mro__[1:] if not b.__module__.startswith(_LIBRARY)), None) if isinstance(target, type) else None
+            if not (isinstance(e, NameError) and base is not None and base is not object):
                 self.problems.append(f"show_doc({m.group(1)}): {type(e).__name__}: {e}"); return
-            # a class whose constructor comes from another library (e.g. a `PretrainedConfig`), annotated with names
-            # this module never imports: its own docstring, and the constructor named for what it is
-            markdown = (f"### {target.__name__}\n\n> {target.__name__}(**kwargs)  (constructor of "
-                        f"`{target.__init__.__qualname__.split('.')[0]}`, {init_module})\n\n{inspect.getdoc(target) or ''}\n")
+            # a subclass of another library's class (e.g. a `PretrainedConfig`, whose generated constructor is
+            # annotated with names this module never imports): its own docstring, and the base it takes arguments from
+            markdown = (f"### {target.__name__}\n\n> {target.__name__}(**kwargs)  (the arguments of "
+                        f"`{base.__module__}.{base.__name__}`)\n\n{inspect.getdoc(target) or ''}\n")
         cell.outputs = [{"output_type": "display_data", "metadata": {},
                          "data": {"text/markdown": markdown, "text/plain": m.group(1)}}]
 
