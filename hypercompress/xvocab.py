@@ -46,6 +46,9 @@ class SpellingTrie:
     children: list # node -> {symbol: child node}, for walking
     n_symbols: int # V_S
     spellings: list # σ(t) per teacher id
+    rank: Tensor # (V_T,) long: teacher id t's column in logits whose columns are in `order`
+    exact_start: Tensor # (n_nodes + 1,) long: node u's exact tokens are exact_columns[exact_start[u]:exact_start[u+1]]
+    exact_columns: Tensor # their columns in trie order (`rank`); the root has none: a token spelled by nothing ends no symbol
 
     @property
     def n_nodes(self) -> int: return len(self.lo)
@@ -71,8 +74,12 @@ def spelling_trie(segmentations:list[list[int]], # student spelling σ(t) of eac
         for symbol, child in sorted(children[node].items()): symbols.append(symbol); nodes.append(child)
         starts.append(len(symbols))
     long = lambda x: torch.tensor(x, dtype=torch.long)
+    rank = torch.empty(len(order), dtype=torch.long)
+    rank[long(order)] = torch.arange(len(order))
+    exact_ids = [t for node in range(1, len(children)) for t in exact[node]]
+    exact_start = long([0, 0, *[len(exact[node]) for node in range(1, len(children))]]).cumsum(0)
     return SpellingTrie(long(order), long(lo), long(hi), long(starts), long(symbols), long(nodes), exact, children, n_symbols,
-                        [list(x) for x in segmentations])
+                        [list(x) for x in segmentations], rank, exact_start, rank[long(exact_ids)])
 
 def running_masses(probs:Tensor, # (..., V_T) next-token probabilities already in trie order (`SpellingTrie.order`)
                   ) -> Tensor:
@@ -224,13 +231,6 @@ class WindowStates:
                  chunk:int=64, # states whose logits are held at once: small blocks are reused by the allocator, big ones page-fault anew
                 ):
         self.trie, self.symbols, self.prefix_id, self.temperature, self.chunk = trie, symbols, prefix_id, temperature, chunk
-        self.rank = torch.empty_like(trie.order)
-        self.rank[trie.order] = torch.arange(len(trie.order))  # a teacher id's column in trie-ordered logits
-        starts, ids = [0], []
-        for node in range(trie.n_nodes):
-            if node: ids += trie.exact[node]
-            starts.append(len(ids))
-        self.exact_start, self.exact_columns = torch.tensor(starts), self.rank[torch.tensor(ids, dtype=torch.long)]
         self.paths = []  # start e -> the trie nodes reached reading symbols[e:]
         for e in range(len(symbols) + 1):
             node, path = 0, [0]
@@ -260,7 +260,7 @@ class WindowStates:
         """Take in a request's logits, block by block: `logits_of(a, b)` gives rows a … b−1 (trie order). The first
         request is the backbone's, which also gives the teacher's own log p of each next token (at T = 1: its BPB)."""
         states, own = request[0], None
-        if self.teacher_logp is None: own, following = [], self.rank[torch.tensor(self.backbone_ids[1:], dtype=torch.long)]
+        if self.teacher_logp is None: own, following = [], self.trie.rank[torch.tensor(self.backbone_ids[1:], dtype=torch.long)]
         for start in range(0, len(states), self.chunk):
             block = states[start:start + self.chunk]
             logits = logits_of(start, start + len(block))
@@ -314,10 +314,10 @@ class WindowStates:
         rep, within = _expand(counts)
         child = trie.child_node[trie.child_start[node][rep] + within]
         self.edge_masses.append(C[row[rep], trie.hi[child]] - C[row[rep], trie.lo[child]])
-        erep, ewithin = _expand(self.exact_start[node + 1] - self.exact_start[node])
-        where = self.exact_start[node][erep] + ewithin
-        token_logp = p[row[erep], self.exact_columns[where]].double().log().tolist()
-        tokens = trie.order[self.exact_columns[where]].tolist()
+        erep, ewithin = _expand(trie.exact_start[node + 1] - trie.exact_start[node])
+        columns = trie.exact_columns[trie.exact_start[node][erep] + ewithin]
+        token_logp = p[row[erep], columns].double().log().tolist()
+        tokens = trie.order[columns].tolist()
         entry = len(self.entry_node)
         self.entry_node += node.tolist()
         self.edge_start += (self.edge_start[-1] + counts.cumsum(0)).tolist()
