@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['factorize_embedding', 'embedding_energy', 'FactorizedEmbedding', 'FactorizedTiedHead', 'BLTReport', 'apply_blt',
-           'resolve_latent_dim', 'BLTBranch']
+           'resolve_latent_dim', 'embedding_proposal', 'BLTBranch']
 
 # %% ../nbs/12_blt.ipynb #9523f26a
 import time
@@ -136,6 +136,7 @@ def apply_blt(model:nn.Module, # Hugging Face causal LM, changed in place
               latent_dim:int, # r, rank of the embedding factorization
               factorize_untied_head:bool=False, # also factorize an untied lm_head (its own SVD)
               verbose:bool=True, # print the one-line summary
+              factors:tuple[Tensor, Tensor]|None=None, # (A, B) already computed (the BLT branch's proposal); None: E's SVD here
              ) -> BLTReport:
     "Replace Embedding(V, D) by Embedding(V, r) + Linear(r, D); a tied head keeps sharing the (now factored) weights."
     embedding = model.get_input_embeddings()
@@ -151,8 +152,16 @@ def apply_blt(model:nn.Module, # Hugging Face causal LM, changed in place
     E = embedding.weight.detach()
     if not 1 <= latent_dim <= min(E.shape):
         raise ValueError(f"latent_dim must be between 1 and min(V, D) = {min(E.shape)}, got {latent_dim}")
-    U, s, Vh = torch.linalg.svd(E.double(), full_matrices=False)  # one SVD gives the factors and the energy
-    A, B = _split(U, s, Vh, latent_dim)
+    if factors is None:
+        U, s, Vh = torch.linalg.svd(E.double(), full_matrices=False)  # one SVD gives the factors and the energy
+        A, B = _split(U, s, Vh, latent_dim)
+        energy = ((s[:latent_dim]**2).sum() / (s**2).sum()).item()
+    else:
+        A, B = factors
+        if A.shape != (E.shape[0], latent_dim) or B.shape != (latent_dim, E.shape[1]):
+            raise ValueError(f"factors of shapes {tuple(A.shape)}, {tuple(B.shape)} do not make a rank-{latent_dim} "
+                             f"embedding of {tuple(E.shape)}")
+        energy = ((A.double() @ B.double()).norm()**2 / E.double().norm()**2).item()  # = Σ kept σ² / Σ σ² for SVD factors
     factored = FactorizedEmbedding.from_factors(A.to(E.dtype), B.to(E.dtype), embedding.padding_idx)
     model.set_input_embeddings(factored)
     replaced = 1
@@ -165,12 +174,13 @@ def apply_blt(model:nn.Module, # Hugging Face causal LM, changed in place
     report = BLTReport(latent_dim=latent_dim, embeddings=replaced, tied=tied, embedding_name=embedding_name,
                        params_before=before, params_after=count_parameters(model),
                        relative_error=((E.double() - A.double() @ B.double()).norm() / E.double().norm()).item(),
-                       energy_kept=((s[:latent_dim]**2).sum() / (s**2).sum()).item())
+                       energy_kept=energy)
     if verbose: print(report.message)
     return report
 
 # %% ../nbs/12_blt.ipynb #a57d0dd4
-from .planner import latent_dim_for_reduction  # one rounding rule for the planner and the branch
+from .models import model_structure
+from .planner import Candidate, is_dense_embedding, latent_dim_for_reduction  # one rounding rule for the planner and the branch
 
 def resolve_latent_dim(vocab_size:int, # V
                        hidden_size:int, # D
@@ -185,13 +195,35 @@ def resolve_latent_dim(vocab_size:int, # V
     return None, "none"
 
 # %% ../nbs/12_blt.ipynb #7d3f1224
+def embedding_proposal(model:nn.Module, # a causal LM whose input embedding is still an `nn.Embedding`
+                       latent_dim:int, # r
+                      ) -> TensorProposal:
+    "The `embedding_low_rank` proposal: A (V, r), B (r, D) from E's SVD (balanced split), its error and kept energy."
+    embedding, head = model.get_input_embeddings(), model.get_output_embeddings()
+    E = embedding.weight.detach()
+    if not 1 <= latent_dim <= min(E.shape):
+        raise ValueError(f"latent_dim must be between 1 and min(V, D) = {min(E.shape)}, got {latent_dim}")
+    U, s, Vh = torch.linalg.svd(E.double(), full_matrices=False)
+    A, B = (x.to(E.dtype) for x in _split(U, s, Vh, latent_dim))
+    tied = getattr(head, "weight", None) is not None and head.weight.data_ptr() == embedding.weight.data_ptr()
+    return TensorProposal(target=_module_name(model, embedding), kind="embedding_low_rank", tensors=dict(A=A, B=B),
+                          rank=latent_dim, error=((E.double() - A.double() @ B.double()).norm() / E.double().norm()).item(),
+                          metadata=dict(tied=tied, shape=tuple(E.shape), energy_kept=((s[:latent_dim]**2).sum() / (s**2).sum()).item()))
+
 def _blt_settings(state:CompressionState):
     from hypercompress.config import load_config
     return (state.config if state.config is not None else load_config()).branches.blt
 
 class BLTBranch(CompressionBranch):
-    "Factorize the token embedding (and a tied head with it) in place; runs before every other branch."
+    "Propose rank-r factors of the token embedding (a tied head shares them); structural factorization applies them."
     name, order = "blt", 0
+
+    def candidates(self, model:nn.Module, config) -> list:
+        blt, structure = config.branches.blt, model_structure(model)
+        if not blt.enabled or not is_dense_embedding(structure.embedding): return []
+        V, D = structure.embedding.weight.shape
+        fixed = blt.latent_dim or (latent_dim_for_reduction(V, D, blt.embedding_reduction) if blt.embedding_reduction else None)
+        return [Candidate(structure.embedding_name, "embedding", V, D, False, V * D, 0, fixed_rank=fixed)]
 
     def latent_dim(self, state:CompressionState) -> tuple[int|None, str]:
         "The rank to use and where it came from (see `resolve_latent_dim`)."
@@ -207,18 +239,16 @@ class BLTBranch(CompressionBranch):
         start = time.perf_counter()
         latent_dim, source = self.latent_dim(state)
         planned = getattr(state.plan, "latent_dim", None)
-        report = apply_blt(state.model, latent_dim, verbose=False)
-        state.log(report.message)
+        proposal = embedding_proposal(state.model, latent_dim)
+        V, D = proposal.metadata["shape"]
+        removed, tied, error = V * D - latent_dim * (V + D), proposal.metadata["tied"], proposal.error
+        state.log(f"✓ BLT proposed rank-{latent_dim} factors of the {V:,}×{D} embedding ({'tied head shares them' if tied else 'head untied'}; "
+                  f"{removed:,} parameters fewer once applied, relative error {error:.3f})")
         if planned is not None and planned != latent_dim:
             state.log(f"  latent_dim={latent_dim} from branches.blt.{source} overrides the plan's {planned}")
-        A, B = state.model.get_input_embeddings().factors()
-        proposal = TensorProposal(target=report.embedding_name, kind="embedding_low_rank",
-                                  tensors=dict(A=A.detach(), B=B.detach()), rank=latent_dim, error=report.relative_error,
-                                  metadata=dict(applied=True, tied=report.tied, energy_kept=report.energy_kept))
-        metrics = dict(seconds=time.perf_counter() - start, latent_dim=latent_dim, params_before=report.params_before,
-                       params_after=report.params_after, params_removed=report.params_removed,
-                       relative_error=report.relative_error, energy_kept=report.energy_kept)
-        return BranchArtifact(name=self.name, proposals=[proposal], metrics=metrics, params_removed=report.params_removed,
-                              metadata=dict(latent_dim_source=source, tied=report.tied))
+        metrics = dict(seconds=time.perf_counter() - start, latent_dim=latent_dim, params_removed=removed,
+                       relative_error=error, energy_kept=proposal.metadata["energy_kept"])
+        return BranchArtifact(name=self.name, proposals=[proposal], metrics=metrics, params_removed=removed,
+                              metadata=dict(latent_dim_source=source, tied=tied))
 
 registry.register(BLTBranch, replace=True)  # replace: re-running this notebook re-defines the class

@@ -212,7 +212,7 @@ class KvBranchConfig(ConfigSection):
 
 class BltBranchConfig(ConfigSection):
     "Embedding and vocabulary reduction"
-    enabled: bool = False
+    enabled: bool = True # the embedding is a planning candidate (factorized when the plan gives it a rank); false: it stays dense
     embedding_reduction: Number = Field(0.0, ge=0, le=0.99) # fraction of embedding parameters to remove
     latent_dim: Integer | None = Field(None, ge=1) # rank r_e of the factorized embedding (wins over embedding_reduction); None = planner decides
     vocab: Literal['teacher', 'bytes', 'bpe'] = 'teacher' # the student's vocabulary
@@ -310,7 +310,7 @@ class EvaluationConfig(ConfigSection):
     run_mmlu: bool = False
     run_gsm8k: bool = False
     run_glue: bool = False
-    ablation_branches: bool = False # re-evaluate with each branch off in turn
+    ablation_branches: bool = False # re-evaluate the compression (no training) with each branch alone, the other planned matrices by SVD
     seq_len: Integer = Field(512, ge=1) # tokens per evaluation window
     max_eval_tokens: Integer | None = Field(None, ge=1) # cap on evaluated tokens; None = all held-out text
     min_eval_bytes: Integer = Field(4_000, ge=1) # fewer validation bytes scored: the BPB is marked too small to measure

@@ -20,6 +20,7 @@ from transformers.models.llama.modeling_llama import eager_attention_forward
 from .branches import BranchArtifact, CompressionBranch, TensorProposal, collect_input_grams, registry
 from .lra import low_rank_factors, reconstruction_error
 from .models import linear_shape, linear_weight, model_structure
+from .planner import decoder_matrices, kv_owns_projections, matrix_candidate
 
 # %% ../nbs/14_kv.ipynb #7449e8af
 class LatentProjection(nn.Module):
@@ -327,6 +328,12 @@ def kv_ranks(model:nn.Module, # the model being compressed
 class KVBranch(CompressionBranch):
     "Latent K/V projections (Palu) whose rank-r latents are the KV cache, with an optional bounded cache."
     name, order = "kv", 20
+    def candidates(self, model:nn.Module, config) -> list:
+        "The k and v projections, when `branches.kv.enabled` and the layers have them separately."
+        structure = model_structure(model)
+        if not kv_owns_projections(structure, config): return []
+        return [matrix_candidate(name, role, module, fixed_rank=config.branches.kv.rank)
+                for role, name, module in decoder_matrices(structure) if role in ("k", "v")]
     def _config(self, state): return getattr(getattr(state.config, "branches", None), "kv", None)
     def enabled(self, state) -> bool: return bool(getattr(self._config(state), "enabled", False))
     def prepare(self, state):

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from .branches import (BranchArtifact, CompressionBranch, CompressionState, TensorProposal,
                                     collect_input_grams, registry)
 from .models import is_linear, iter_linears, linear_shape, linear_weight, model_structure
+from .planner import decoder_matrices, kv_owns_projections, matrix_candidate, residual_nnz
 
 # %% ../nbs/13_lra.ipynb #be4c48a9
 def _check_rank(weight:Tensor, rank:int):
@@ -253,6 +254,20 @@ def _settings(state:CompressionState):
 class LRABranch(CompressionBranch):
     "Low-rank factors of the decoder's 2-D weights: whitened SVD (SVD-LLM) with calibration data, plain SVD without."
     name, order = "lra", 10
+
+    def candidates(self, model:nn.Module, config) -> list:
+        "An untied head and every decoder matrix the KV branch does not claim (`nn.Linear` only without enable_tensor_lra)."
+        lra, structure = config.branches.lra, model_structure(model)
+        found = []
+        if structure.lm_head is not None and not structure.tied and is_linear(structure.lm_head):
+            found.append(matrix_candidate(structure.lm_head_name, "head", structure.lm_head, fixed_rank=lra.rank))
+        kv_owned = kv_owns_projections(structure, config)
+        for role, name, module in decoder_matrices(structure):
+            if kv_owned and role in ("k", "v"): continue
+            if not lra.enable_tensor_lra and not isinstance(module, nn.Linear): continue  # `select_targets` would skip it
+            n_in, n_out = linear_shape(module)
+            found.append(matrix_candidate(name, role, module, residual=residual_nnz(n_in, n_out, lra.sparsity), fixed_rank=lra.rank))
+        return found
 
     def _requested(self, state:CompressionState) -> tuple[dict[str, int]|None, int|None]:
         ranks = getattr(state.plan, "ranks", None) if state.plan is not None else None

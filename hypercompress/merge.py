@@ -74,15 +74,14 @@ class MergedProposal:
     "What the student holds for one weight, and where it came from."
     target: str # module name
     kind: str # 'low_rank', 'low_rank_sparse', 'mask' or 'embedding_low_rank'
-    U: Tensor|None = None # (out, r)
-    V: Tensor|None = None # (r, in)
+    U: Tensor|None = None # (out, r); an embedding's A (V, r)
+    V: Tensor|None = None # (r, in); an embedding's B (r, D)
     rank: int|None = None
     residual_values: Tensor|None = None # (nnz,) float32
     residual_indices: Tensor|None = None # (2, nnz) int32: rows, columns
     mask: Tensor|None = None # (out, in) bool, True = kept
-    sources: list[str] = field(default_factory=list) # branches whose proposals were used ('merge-svd' when filled in)
+    sources: list[str] = field(default_factory=list) # branches whose proposals were used
     superseded: list[str] = field(default_factory=list) # proposals set aside, with the reason
-    applied: bool = False # already applied to the model (BLT)
     error: float|None = None # relative output error of the merged weight (calibration-weighted when a Gram was given)
     metadata: dict = field(default_factory=dict)
 
@@ -105,15 +104,20 @@ def _low_rank_winner(claims:dict) -> tuple[str, object]|None:
     branch = next((b for b in _OWNER_ORDER if b in low), sorted(low)[0])
     return branch, low[branch]
 
-def _needs_grams(claims_by_target:dict, plan, modules) -> list[str]:
-    residual = getattr(plan, "residual_nnz", {}) or {}
-    planned = getattr(plan, "ranks", {}) or {}
-    return [t for t in set(residual) | {t for t in planned if t not in claims_by_target} if t in modules]
+def _needs_grams(plan, modules) -> list[str]:
+    "The weights whose sparse residual is chosen (and refit) from calibration statistics."
+    return [t for t in (getattr(plan, "residual_nnz", {}) or {}) if t in modules]
 
-def _plain_factors(weight:Tensor, rank:int, gram:Tensor|None) -> tuple[Tensor, Tensor]:
-    "W ≈ U V at `rank`: `hypercompress.lra.low_rank_factors` (whitened when a Gram is given)."
-    from hypercompress.lra import low_rank_factors
-    return low_rank_factors(weight.detach().float(), rank, gram)
+def _check_planned(claims:dict, plan):
+    "Every weight the plan factorizes (and the embedding, when it has a latent dim) needs a branch's proposal."
+    embedding = [t for t, by in claims.items() if any(p.kind == "embedding_low_rank" for p in by.values())]
+    if getattr(plan, "latent_dim", None) is not None and not embedding:
+        raise ValueError(f"the plan factorizes the embedding at rank {plan.latent_dim} but no branch proposed its factors "
+                         "(is branches.blt.enabled false, or the blt branch not run?)")
+    for target, rank in (getattr(plan, "ranks", {}) or {}).items():
+        if not any(p.kind == "low_rank" for p in claims.get(target, {}).values()):
+            raise ValueError(f"{target}: the plan factorizes it at rank {rank} but no branch proposed factors for it "
+                             f"(proposals: {sorted(f'{b} {p.kind}' for b, p in claims.get(target, {}).items()) or 'none'})")
 
 # %% ../nbs/16_merge.ipynb #35d95cc5
 def merge_proposals(source, # a `CompressionState`, or {branch name: BranchArtifact}
@@ -121,7 +125,6 @@ def merge_proposals(source, # a `CompressionState`, or {branch name: BranchArtif
                     model:nn.Module|None=None, # the model the proposals are for; default: the state's
                     grams:dict|None=None, # {module: H or {'H': H}}; default: collected from the state's calibration
                     refit:bool=True, # least-squares refit of residual values
-                    fill_missing:bool=True, # factorize planned weights no branch proposed (plain/whitened SVD)
                     log=print, # where the summary line goes (None: silent)
                    ) -> dict[str, MergedProposal]:
     "Compose every branch's proposals into one `MergedProposal` per weight, by the precedence above."
@@ -132,10 +135,11 @@ def merge_proposals(source, # a `CompressionState`, or {branch name: BranchArtif
     claims = {}
     for branch, artifact in artifacts.items():
         for proposal in artifact.proposals: claims.setdefault(proposal.target, {})[branch] = proposal
+    _check_planned(claims, plan)  # no silent fallback: a planned weight without a proposal is an error
     planned, residual = (getattr(plan, "ranks", {}) or {}), (getattr(plan, "residual_nnz", {}) or {})
     grams = {k: (v["H"] if isinstance(v, dict) else v) for k, v in (grams or {}).items()}
     calibration = getattr(source, "calibration", None)
-    wanted = [t for t in _needs_grams(claims, plan, modules) if t not in grams]
+    wanted = [t for t in _needs_grams(plan, modules) if t not in grams]
     if wanted and calibration is not None:
         from hypercompress.lra import collect_grams
         grams.update(collect_grams(model, calibration, wanted))
@@ -144,19 +148,10 @@ def merge_proposals(source, # a `CompressionState`, or {branch name: BranchArtif
         merged[target] = record = _merge_one(target, by_branch, planned, residual, modules, grams, refit)
         settings = getattr(artifacts.get(record.sources[0]), "metadata", {}) or {}
         record.metadata.update({k: settings[k] for k in ("cache_tokens", "sink_tokens") if k in settings})
-    if fill_missing:
-        for target, rank in planned.items():
-            if target in merged and merged[target].kind.startswith("low_rank"): continue
-            U, V = _plain_factors(linear_weight(modules[target]), rank, grams.get(target))
-            record = MergedProposal(target, "low_rank", U, V, rank, sources=["merge-svd"],
-                                    superseded=[f"{b} {p.kind}: weight is factorized" for b, p in claims.get(target, {}).items()])
-            merged[target] = _with_residual(record, modules[target], residual.get(target, 0), grams.get(target), refit)
     if log:
         kinds = {}
         for m in merged.values(): kinds[m.kind] = kinds.get(m.kind, 0) + 1
-        filled = sum("merge-svd" in m.sources for m in merged.values())
-        log(f"✓ Merged proposals for {len(merged)} weights: " + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
-            + (f" ({filled} planned weights had no proposal: factorized by SVD here)" if filled else ""))
+        log(f"✓ Merged proposals for {len(merged)} weights: " + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())))
     return merged
 
 # %% ../nbs/16_merge.ipynb #bd1facd2
@@ -174,8 +169,8 @@ def _merge_one(target, by_branch:dict, planned:dict, residual:dict, modules:dict
     embedding = next(((b, p) for b, p in by_branch.items() if p.kind == "embedding_low_rank"), None)
     if embedding:
         b, p = embedding
-        return MergedProposal(target, "embedding_low_rank", rank=p.rank, sources=[b], error=p.error,
-                              applied=bool(p.metadata.get("applied", True)), metadata=dict(p.metadata))
+        return MergedProposal(target, "embedding_low_rank", p.tensors["A"], p.tensors["B"], rank=p.rank, sources=[b],
+                              error=p.error, metadata=dict(p.metadata))
     winner = _low_rank_winner(by_branch)
     masks = {b: p for b, p in by_branch.items() if p.kind == "mask"}
     if winner is None:
@@ -208,9 +203,7 @@ def load_merged(model:nn.Module, # the student, changed in place
     "Write each merged weight into its dense module (W ← UV + S, or W ⊙ mask); returns how many weights changed."
     modules, changed, masks = dict(model.named_modules()), 0, {}
     for target, record in merged.items():
-        if record.kind == "embedding_low_rank":
-            if not record.applied: raise ValueError(f"{target}: embedding factors are applied by the BLT branch (apply_blt)")
-            continue
+        if record.kind == "embedding_low_rank": continue  # a new module, not new values: `apply_structural` builds it
         module = modules[target]
         if not is_linear(module): raise TypeError(f"{target} is {type(module).__name__}, not a dense 2-D weight")
         if record.kind == "mask": masks[target] = record.mask

@@ -93,6 +93,22 @@ def _ratio_against(reference_params:int, model_params:int, ratio:float) -> float
     "The ratio to plan for a model of `model_params` so its result is `reference_params / ratio`."
     return max(1.0, ratio * model_params / reference_params)
 
+def _stand_in(state:CompressionState, plan):
+    """Add the 'plan-svd' artifact: SVD factors (whitened when there is calibration text) of the planned matrices, and
+    of the embedding, that no branch that ran proposed. Explicit and recorded, for ablations that run one branch."""
+    from hypercompress.structural import plan_proposals
+    proposed = {(p.kind == "embedding_low_rank", p.target) for a in state.artifacts.values() for p in a.proposals
+                if p.kind in ("low_rank", "embedding_low_rank")}
+    missing = [t for t in plan.ranks if (False, t) not in proposed]
+    grams = {}
+    if missing and state.calibration is not None:
+        from hypercompress.lra import collect_grams
+        grams = collect_grams(state.model, state.calibration, missing)
+    stand_in = plan_proposals(state.model, plan, grams, targets=missing, embedding=not any(e for e, _ in proposed))["plan-svd"]
+    if stand_in.proposals:
+        state.artifacts["plan-svd"] = stand_in
+        state.log(f"   plan-svd: SVD factors for {len(stand_in.proposals)} planned weights the branches run did not propose")
+
 def compress(model, # the model to compress (copied, never changed)
              tokenizer, # its tokenizer
              config:HypercompressConfig, # validated config
@@ -102,6 +118,7 @@ def compress(model, # the model to compress (copied, never changed)
              log=print,
              timer:PhaseTimer|None=None,
              stop_when_infeasible:bool=False, # return (None, plan, None) at once when the plan cannot reach the target
+             stand_in:bool=False, # planned matrices the branches run left unproposed get SVD factors, as the 'plan-svd' artifact (ablations)
             ) -> tuple:
     "(compressed model, plan, state): plan → branches → merge → structural, on a copy of `model`."
     from hypercompress.merge import merge_proposals
@@ -121,7 +138,8 @@ def compress(model, # the model to compress (copied, never changed)
                              verbose=True)
     state.log = lambda message, _state=state: (_state.messages.append(message), log(message))
     with timer.phase("branches", "⚡ Running compression branches..."):
-        run_branches(state, branches)
+        run_branches(state, branches)  # None: every registered branch (the built-ins always), in their order
+        if stand_in: _stand_in(state, plan)
         for name, artifact in state.artifacts.items():
             log(f"   {name}: {len(artifact.proposals)} proposals, {artifact.params_removed:,} parameters removed")
     with timer.phase("merge", "🔀 Merging branches..."):
@@ -458,7 +476,7 @@ def ablate(base_model, tokenizer, config, calibration, val_text:str, reference_p
     results = {}
     for name in names:
         model, _, _ = compress(base_model, tokenizer, config, calibration, branches=[name],
-                               reference_params=reference_params, log=lambda m: None)
+                               reference_params=reference_params, log=lambda m: None, stand_in=True)
         params = count_parameters(model)
         bpb = evaluate_bpb(model, tokenizer, val_text, seq_len=config.evaluation.seq_len,
                            max_tokens=config.evaluation.max_eval_tokens)["bpb"]

@@ -4,7 +4,8 @@
 
 # %% auto #0
 __all__ = ['residual_nnz', 'dense_parameters', 'factorized_parameters', 'embedding_parameters', 'rank_cap',
-           'latent_dim_for_reduction', 'Plan', 'predicted_parameters', 'spectrum_energy', 'water_fill', 'Candidate',
+           'latent_dim_for_reduction', 'Plan', 'is_dense_embedding', 'predicted_parameters', 'spectrum_energy',
+           'water_fill', 'Candidate', 'matrix_candidate', 'decoder_matrices', 'kv_owns_projections',
            'planning_candidates', 'minimum_parameters', 'plan', 'smollm2_shaped', 'uniform_plan']
 
 # %% ../nbs/10_planner.ipynb #2c900229
@@ -15,7 +16,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor, nn
 
-from .models import count_parameters, format_count, is_linear, linear_shape, linear_weight, model_structure
+from .branches import registry
+from .models import count_parameters, format_count, linear_shape, linear_weight, model_structure
 
 # %% ../nbs/10_planner.ipynb #30916c9d
 def residual_nnz(n_in:int, # input features
@@ -98,7 +100,7 @@ class Plan:
         return line if self.feasible else line + f" -- INFEASIBLE: at most {self.max_reachable_ratio:.1f}x for this architecture"
 
 # %% ../nbs/10_planner.ipynb #6f49de09
-def _is_dense_embedding(module:nn.Module) -> bool: return isinstance(module, nn.Embedding)
+def is_dense_embedding(module:nn.Module) -> bool: return isinstance(module, nn.Embedding)
 
 def _module_parameters(module:nn.Module) -> int: return count_parameters(module)
 
@@ -110,7 +112,7 @@ def predicted_parameters(model:nn.Module, # the model the plan was made for (bef
     total = count_parameters(model)
     if plan.latent_dim is not None:
         structure = model_structure(model)
-        if _is_dense_embedding(structure.embedding):  # BLT factorizes the embedding in both modes
+        if is_dense_embedding(structure.embedding):  # BLT factorizes the embedding in both modes
             V, D = structure.embedding.weight.shape
             total += embedding_parameters(V, D, plan.latent_dim) - V * D
     if not plan.structural: return total
@@ -187,7 +189,7 @@ class Candidate:
     residual: int = 0 # stored values of its sparse residual, when factorized
     fixed_rank: int|None = None # set by config (lra.rank, kv.rank, blt.latent_dim / embedding_reduction)
     energy: Tensor|None = None
-    owner: str = "lra" # branch that proposes its factors: 'blt', 'kv' or 'lra'
+    owner: str = "" # the branch that claimed it (and proposes its factors)
 
     @property
     def rank_cost(self) -> int: return self.n_in + self.n_out
@@ -204,29 +206,31 @@ def _largest_useful_rank(c:Candidate, max_rank_fraction:float) -> int:
     while r > 0 and c.cost(r) >= c.params: r -= 1
     return r
 
+def matrix_candidate(name:str, role:str, module:nn.Module, **fields) -> Candidate:
+    "A `Candidate` for one 2-D weight module, its shape and count read from the module."
+    n_in, n_out = linear_shape(module)
+    return Candidate(name, role, n_in, n_out, getattr(module, "bias", None) is not None, count_parameters(module), 0, **fields)
+
+def decoder_matrices(structure) -> list[tuple[str, str, nn.Module]]:
+    "(role, name, module) of every 2-D weight in the decoder layers, layer by layer: attention, MLP, the rest."
+    return [(role, name, module) for layer in structure.layers
+            for role, (name, module) in [*layer.attention.items(), *layer.mlp.items(), *(("other", m) for m in layer.other)]]
+
+def kv_owns_projections(structure, config) -> bool:
+    "Whether the KV branch claims the k/v projections: `branches.kv.enabled` and separate k and v in the layers."
+    return config.branches.kv.enabled and any("k" in layer.attention and "v" in layer.attention for layer in structure.layers)
+
 def planning_candidates(model:nn.Module, config) -> list[Candidate]:
-    "Every matrix `plan` may factorize, with its shape, cost model and fixed rank from the config."
-    structure, fraction = model_structure(model), config.targets.max_rank_fraction
-    lra, kv, blt = config.branches.lra, config.branches.kv, config.branches.blt
-    density = lra.sparsity
-    found = []
-    if _is_dense_embedding(structure.embedding):
-        V, D = structure.embedding.weight.shape
-        fixed = blt.latent_dim or (latent_dim_for_reduction(V, D, blt.embedding_reduction) if blt.embedding_reduction else None)
-        found.append(Candidate(structure.embedding_name, "embedding", V, D, False, V * D, 0, fixed_rank=fixed, owner="blt"))
-    if structure.lm_head is not None and not structure.tied and is_linear(structure.lm_head):
-        n_in, n_out = linear_shape(structure.lm_head)
-        found.append(Candidate(structure.lm_head_name, "head", n_in, n_out, structure.lm_head.bias is not None,
-                               count_parameters(structure.lm_head), 0, fixed_rank=lra.rank))
-    kv_owned = kv.enabled and any("k" in layer.attention and "v" in layer.attention for layer in structure.layers)
-    for layer in structure.layers:
-        for role, (name, module) in [*layer.attention.items(), *layer.mlp.items(), *(("other", m) for m in layer.other)]:
-            n_in, n_out = linear_shape(module)
-            owner = "kv" if kv_owned and role in ("k", "v") else "lra"
-            found.append(Candidate(name, role, n_in, n_out, module.bias is not None, count_parameters(module), 0,
-                                   residual=0 if owner == "kv" else residual_nnz(n_in, n_out, density),
-                                   fixed_rank=kv.rank if owner == "kv" else lra.rank, owner=owner))
-    for c in found: c.cap = _largest_useful_rank(c, fraction)
+    "Every matrix `plan` may factorize: what each registered branch claims, in the model's order, with its cap."
+    found, owner = [], {}
+    for branch in registry.names():
+        for c in registry.get(branch).candidates(model, config):
+            if c.name in owner: raise ValueError(f"{c.name} is claimed by both the {owner[c.name]} and the {branch} branch")
+            owner[c.name] = c.owner = branch
+            found.append(c)
+    position = {name: i for i, (name, _) in enumerate(model.named_modules())}
+    found.sort(key=lambda c: (c.role != "embedding", c.role != "head", position[c.name]))
+    for c in found: c.cap = _largest_useful_rank(c, config.targets.max_rank_fraction)
     return found
 
 # %% ../nbs/10_planner.ipynb #f06e0ed4

@@ -132,6 +132,9 @@ def test_blt_branch_latent_dim_precedence():
     before = count_parameters(model)
     artifact = run_branches(state, ["blt"])["blt"]
     assert artifact.metrics["latent_dim"] == 12 and artifact.metadata["latent_dim_source"] == "latent_dim"
-    assert artifact.params_removed == before - count_parameters(model)
+    assert count_parameters(model) == before  # a proposer: the model is untouched
+    apply_blt(model, 12, factors=(artifact.proposals[0].tensors["A"], artifact.proposals[0].tensors["B"]), verbose=False)
+    assert artifact.params_removed == before - count_parameters(model)  # what structural factorization will remove
+    # enabled by default, but with no latent dim from the config and no plan there is nothing to propose
     assert not BLTBranch().enabled(CompressionState(model=build_tiny_model("tiny-llama")[0], config=load_config()))
     assert LRABranch.order > BLTBranch.order

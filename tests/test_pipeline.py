@@ -156,3 +156,34 @@ def test_accelerate_data_parallel_matches_one_process(corpus, tmp_path):
     assert a["student_params"] == b["student_params"]
     assert b["student_bpb"] == pytest.approx(a["student_bpb"], abs=2e-3)
     assert json.loads(launched.stdout.strip().splitlines()[-1])["student_bpb"] == b["student_bpb"]  # printed once, by process 0
+
+
+FRESH = """
+from hypercompress.config import load_config
+from hypercompress.models import build_tiny_model, count_parameters
+from hypercompress.pipeline import compress
+model, tokenizer = build_tiny_model("tiny-llama")
+student, plan, state = compress(model, tokenizer, load_config(overrides=["targets.compression_ratio=3"]), log=lambda m: None)
+print(sorted(state.artifacts), count_parameters(student) == plan.predicted_params)
+"""
+
+
+def test_compress_in_a_fresh_interpreter_runs_the_built_in_branches():
+    "Importing only `compress` is enough: the built-in branches are there without importing their modules first."
+    result = subprocess.run([sys.executable, "-c", FRESH], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    last = result.stdout.strip().splitlines()[-1]  # the plan prints its summary line first
+    assert last == "['blt', 'kv', 'lra'] True", result.stdout
+
+
+def test_a_planned_weight_no_branch_proposed_is_an_error():
+    "Running only the sparsity branch on a plan with ranks used to be filled in by the merge's SVD, silently."
+    from hypercompress.config import load_config
+    from hypercompress.models import build_tiny_model
+    from hypercompress.pipeline import compress
+    model, tokenizer = build_tiny_model("tiny-llama")
+    config = load_config(overrides=["targets.compression_ratio=3"])
+    with pytest.raises(ValueError, match="no branch proposed"):
+        compress(model, tokenizer, config, branches=["sparsity"], log=lambda m: None)
+    student, plan, state = compress(model, tokenizer, config, branches=["sparsity"], log=lambda m: None, stand_in=True)
+    assert "plan-svd" in state.artifacts  # the explicit stand-in, recorded
