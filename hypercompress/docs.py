@@ -5,7 +5,8 @@
 # %% auto #0
 __all__ = ['RESULT_MARK', 'RESULT_FIELDS', 'notebook_markdown', 'write_readme', 'notebook_paths', 'page_name', 'result_line',
            'print_result', 'collect_results', 'results_markdown', 'tex_html', 'math_placeholders', 'fill_math',
-           'execute_notebook', 'process_notebook', 'render_cells', 'resolve_links', 'build_site', 'add_docs_command']
+           'source_line', 'execute_notebook', 'process_notebook', 'render_cells', 'resolve_links', 'build_site',
+           'add_docs_command']
 
 # %% ../nbs/50_docs.ipynb #20a11257
 import json
@@ -171,6 +172,18 @@ def _split_title_cell(nb):
             nb.cells.insert(i + 1, mk_cell("\n".join(lines[keep:]), "markdown"))
         return
 
+def source_line(target) -> int|None:
+    "The line `target` is defined on in its module's file (None for what has no Python source)."
+    try: return inspect.getsourcelines(inspect.unwrap(target))[1]
+    except (TypeError, OSError): return None
+
+def _fix_source_link(markdown:str, target) -> str:
+    "nbdev 2.4.14 looks the line up under the qualified name, finds none and writes `#LNone`: the real line, or no link."
+    if "#LNone" not in markdown: return markdown
+    line = source_line(target)
+    if line: return markdown.replace("#LNone", f"#L{line}")
+    return re.sub(r"\[source\]\([^)]*#LNone\)(\{[^}]*\})?\s*", "", markdown)
+
 class _ShowDocs:
     "Render `show_doc` cells from the installed library (nbdev's `exec_show_docs` runs the notebook's cells instead)."
     def __init__(self, nb): self.nb, self.default, self.module, self.problems = nb, None, None, []
@@ -187,7 +200,7 @@ class _ShowDocs:
             target = eval(m.group(1), namespace)
         except Exception as e:
             self.problems.append(f"show_doc({m.group(1)}): {type(e).__name__}: {e}"); return
-        try: markdown = show_doc(target, renderer=BasicMarkdownRenderer)._repr_markdown_()
+        try: markdown = _fix_source_link(show_doc(target, renderer=BasicMarkdownRenderer)._repr_markdown_(), target)
         except Exception as e:
             base = next((b for b in target.__mro__[1:] if not b.__module__.startswith(_LIBRARY)), None) if isinstance(target, type) else None
             if not (isinstance(e, NameError) and base is not None and base is not object):

@@ -78,6 +78,7 @@ def check_site(site, nbs="nbs", screenshot=None, chromium=None):
     for name, f in facts.items():
         for link in {link["raw"]: link for link in f["links"]}.values():  # each distinct link once per page
             url = urlsplit(link["url"])
+            if url.fragment == "LNone": problems.append(f"{name}: source link {link['raw']!r} has no line number")
             if url.scheme != "file": continue  # external links are not followed: the check runs offline
             n_links += 1
             target = Path(unquote(url.path))
