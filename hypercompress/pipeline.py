@@ -97,14 +97,14 @@ def _stand_in(state:CompressionState, plan):
     """Add the 'plan-svd' artifact: SVD factors (whitened when there is calibration text) of the planned matrices, and
     of the embedding, that no branch that ran proposed. Explicit and recorded, for ablations that run one branch."""
     from hypercompress.structural import plan_proposals
-    proposed = {(p.kind == "embedding_low_rank", p.target) for a in state.artifacts.values() for p in a.proposals
-                if p.kind in ("low_rank", "embedding_low_rank")}
-    missing = [t for t in plan.ranks if (False, t) not in proposed]
+    proposals = [p for artifact in state.artifacts.values() for p in artifact.proposals]
+    factored = {p.target for p in proposals if p.kind == "low_rank"}
+    missing = [t for t in plan.ranks if t not in factored]
     grams = {}
     if missing and state.calibration is not None:
         from hypercompress.lra import collect_grams
         grams = collect_grams(state.model, state.calibration, missing)
-    stand_in = plan_proposals(state.model, plan, grams, targets=missing, embedding=not any(e for e, _ in proposed))["plan-svd"]
+    stand_in = plan_proposals(state.model, plan, grams, targets=missing, embedding=not any(p.kind == "embedding_low_rank" for p in proposals))["plan-svd"]
     if stand_in.proposals:
         state.artifacts["plan-svd"] = stand_in
         state.log(f"   plan-svd: SVD factors for {len(stand_in.proposals)} planned weights the branches run did not propose")
