@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['RESULT_MARK', 'RESULT_FIELDS', 'notebook_markdown', 'write_readme', 'notebook_paths', 'page_name', 'result_line',
            'print_result', 'collect_results', 'results_markdown', 'tex_html', 'math_placeholders', 'fill_math',
-           'source_line', 'execute_notebook', 'process_notebook', 'render_cells', 'resolve_links', 'build_site',
-           'add_docs_command']
+           'source_line', 'clean_stream', 'execute_notebook', 'process_notebook', 'render_cells', 'resolve_links',
+           'build_site', 'add_docs_command']
 
 # %% ../nbs/50_docs.ipynb #20a11257
 import json
@@ -247,6 +247,33 @@ def _add_links(cell):
             text = out["data"]["text/markdown"]
             out["data"]["text/markdown"] = lookup.linkify(text if isinstance(text, str) else "".join(text))
 
+# %% ../nbs/50_docs.ipynb #73aa03e3
+# tqdm's bar ("45%|████▌ | 9/20 [00:01<00:02, 5.1it/s]") or its count without a total ("12it [00:01, 9.8it/s]")
+_PROGRESS = re.compile(r"\d+%\|[^|]*\||\[\d+:\d+(?:<[\d:?]+)?,\s*[\d.?]+\s*\w*/s\]")
+# what `warnings` prints: "/some/machine/path/file.py:123: UserWarning: ...", then the quoted source line, indented
+_WARNING = re.compile(r"^\S*\.py:\d+: \w*Warning: ")
+
+def clean_stream(text:str) -> str:
+    "A saved stream as a docs page shows it: without progress bars, and without warnings that print the machine's paths."
+    kept, quoted = [], False
+    for line in text.split("\n"):
+        shown = line.split("\r")[-1]  # a terminal shows only the last redraw of a line
+        if quoted and shown.startswith(" "): quoted = False; continue
+        quoted = bool(_WARNING.match(shown))
+        if not (quoted or _PROGRESS.search(shown)): kept.append(shown)
+    return "\n".join(kept)
+
+def _clean_streams(cell):
+    "Clean every saved stream of a code cell (`clean_stream`); drop a stream that was nothing else."
+    if cell.cell_type != "code" or not cell.get("outputs"): return
+    outputs = []
+    for out in cell.outputs:
+        if out.get("output_type") == "stream":
+            out["text"] = clean_stream(out["text"] if isinstance(out["text"], str) else "".join(out["text"]))
+            if not out["text"].strip(): continue
+        outputs.append(out)
+    cell.outputs = outputs
+
 # %% ../nbs/50_docs.ipynb #9f9b1486
 def _skipped(cell, skip_flags) -> bool:
     "nbdev_test's rule: run code cells unless flagged with one of `skip_flags` or `#| eval: false`."
@@ -287,7 +314,7 @@ def process_notebook(path:str|Path, # the notebook
     _split_title_cell(nb)
     show_docs = _ShowDocs(nb)
     procs = [FrontmatterProc, p.populate_language, p.add_show_docs, p.strip_ansi, p.hide_line, p.filter_stream_,
-             p.rm_header_dash, p.clean_show_doc, show_docs, p.clean_magics, p.hide_, _hide_cells, _add_links,
+             p.rm_header_dash, p.clean_show_doc, show_docs, p.clean_magics, p.hide_, _hide_cells, _clean_streams, _add_links,
              _DocsBeforeSource, p.strip_hidden_metadata]
     NBProcessor(nb=nb, procs=procs).process()
     return nb, dict(getattr(nb, "frontmatter_", {})), show_docs.problems
@@ -296,7 +323,7 @@ def process_notebook(path:str|Path, # the notebook
 _CELLS_TEMPLATE = """{%- extends 'lab/base.html.j2' -%}
 {% block input_group -%}
 {%- if cell.metadata.get('hc_exported') -%}
-<details class="exported-source" open><summary>Exported source</summary>{{ super() }}</details>
+<details class="exported-source"><summary>Exported source</summary>{{ super() }}</details>
 {%- else -%}{{ super() }}{%- endif -%}
 {%- endblock input_group %}
 {% block input %}
@@ -406,7 +433,9 @@ main { flex: 1; min-width: 0; max-width: 60rem; padding: 1rem 2.5rem 4rem; }
 .page-header .summary { font-size: 1.1rem; color: #555; margin-top: -0.5rem; }
 a { color: #1f5fa8; }
 pre, code { font-family: ui-monospace, monospace; font-size: 0.88em; }
-pre { overflow-x: auto; padding: 0.6rem 0.8rem; background: #f6f8fa; border-radius: 4px; }
+pre { white-space: pre-wrap; overflow-wrap: anywhere; padding: 0.6rem 0.8rem; background: #f6f8fa; border-radius: 4px; }
+code { overflow-wrap: anywhere; }
+table { display: block; max-width: 100%; overflow-x: auto; }
 .jp-Cell { margin: 0.8rem 0; }
 .jp-OutputArea-output pre { background: none; border-left: 3px solid #dde; border-radius: 0; }
 .jp-RenderedImage img { max-width: 100%; height: auto; }

@@ -5,7 +5,8 @@ Usage: python scripts/check_site.py [_docs] [--nbs nbs] [--screenshot _docs/inde
 
 Loads every page and fails on console errors, page errors, failed requests and any request leaving the machine; checks
 that every internal link (to a page of the site or an #anchor) resolves, that every notebook has a page, that the index
-lists every notebook in notebook order, that every image loads and that at least one plot image renders; saves a
+lists every notebook in notebook order, that every image loads and that at least one plot image renders, that no output shows a progress bar or a warning
+with a machine path; saves a
 screenshot of the index page. Uses the system Chromium (Debian's `chromium`): `playwright install` is not needed.
 Exits 1 with the list of problems.
 """
@@ -16,7 +17,7 @@ import time
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from hypercompress.docs import notebook_paths, page_name
+from hypercompress.docs import _PROGRESS, _WARNING, notebook_paths, page_name
 
 CHROMIUM_CANDIDATES = ["/usr/lib/chromium/chromium", "chromium", "chromium-browser", "google-chrome", "google-chrome-stable"]
 
@@ -28,6 +29,7 @@ PAGE_FACTS = """() => ({
                                                            width: i.naturalWidth})),
   sidebar: [...document.querySelectorAll('nav.sidebar li a')].map(a => a.getAttribute('href')),
   title: document.title,
+  outputs: [...document.querySelectorAll('.jp-OutputArea-output pre')].map(e => e.textContent),
 })"""
 
 
@@ -90,6 +92,10 @@ def check_site(site, nbs="nbs", screenshot=None, chromium=None):
                 problems.append(f"{name}: link {link['raw']!r}: no id {unquote(anchor)!r} in {target.name}")
         for image in f["images"]:
             if not image["complete"] or image["width"] == 0: problems.append(f"{name}: image {image['src']}... did not render")
+        for text in f["outputs"]:  # saved streams as the page shows them (`clean_stream`)
+            for line in text.splitlines():
+                if _PROGRESS.search(line) or _WARNING.match(line):
+                    problems.append(f"{name}: an output shows a progress bar or a machine-path warning: {line[:100]!r}"); break
         if f["sidebar"] != expected: problems.append(f"{name}: sidebar {f['sidebar']} is not the notebooks in order {expected}")
     missing = [p for p in expected if p not in facts["index.html"]["sidebar"]]
     if missing: problems.append(f"index.html does not list the notebooks {missing}")
