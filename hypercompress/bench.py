@@ -7,11 +7,12 @@ __all__ = ['MATMUL_SHAPE', 'SCALE_SHAPES', 'FULL', 'QUICK', 'DESIGNED', 'CACHED'
            'prunable_matrices', 'sparsity_for_nonzeros', 'input_norms', 'prune_at_nonzeros', 'svd_timings',
            'forward_flops', 'forward_speed', 'generate_speed', 'speedups', 'matmul_rate', 'training_flops',
            'training_throughput', 'reinitialize', 'scale_config', 'compress_layerwise', 'scale_point', 'BenchSettings',
-           'reachable_ratio', 'run_overrides', 'quality_rows', 'speed_results', 'standings', 'standings_markdown',
-           'results_markdown', 'plot_quality', 'run_bench', 'ngram_bpb']
+           'reachable_ratio', 'run_overrides', 'ratio_rows', 'speed_results', 'standings', 'standings_markdown',
+           'results_markdown', 'plot_quality', 'part_names', 'run_key', 'measured_parts', 'run_bench', 'ngram_bpb']
 
 # %% ../nbs/90_benchmarks.ipynb #c3331a8d
 import copy
+import hashlib
 import io
 import json
 import math
@@ -494,10 +495,9 @@ def _bytes_per_token(tokenizer, text:str) -> float:
     return len(text.encode("utf-8")) / len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 # %% ../nbs/90_benchmarks.ipynb #c842f401
-def quality_rows(teacher, tokenizer, train:str, val:str, teacher_bpb:float, data:str, settings:BenchSettings, work:Path,
-                 log=print) -> tuple[list[dict], dict]:
-    "Rows of the quality table for every ratio, and {ratio: the hypercompress run's summary}."
-    from hypercompress.branches import calibration_ids
+def ratio_rows(ratio:float, teacher, tokenizer, train:str, val:str, teacher_bpb:float, data:str, settings:BenchSettings,
+               work:Path, calibration, log=print) -> tuple[list[dict], dict]:
+    "The quality table's rows for one ratio (every column), and the hypercompress run's summary."
     from hypercompress.checkpoint import load as load_saved
     from hypercompress.config import load_config
     from hypercompress.data import make_chunks
@@ -505,54 +505,55 @@ def quality_rows(teacher, tokenizer, train:str, val:str, teacher_bpb:float, data
     from hypercompress.pipeline import run_pipeline
     quiet = lambda *args, **kwargs: None
     n, limit = count_parameters(teacher), reachable_ratio(teacher)
-    calibration = calibration_ids(tokenizer, train, settings.calibration_sequences, settings.seq_len)
-    rows, summaries = [], {}
-    for ratio in settings.ratios:
-        budget, designed = int(n // ratio), ratio > limit
-        config = load_config(None, run_overrides(ratio, settings, designed))
-        log(f"{ratio}x: budget {budget:,} parameters; " + ("a designed student" if designed else "the teacher's architecture"))
-        summary, seconds = _timed(lambda: run_pipeline(None, teacher_model=(teacher, tokenizer), distill_data=data,
-                                                       output_dir=str(work / f"{ratio}x"), log=quiet, teacher_bpb=teacher_bpb,
-                                                       overrides=run_overrides(ratio, settings, designed)))
-        summaries[ratio] = summary
-        rows.append(_summary_row(ratio, "hypercompress", summary, seconds, "designed student" if designed else None))
-        untrained, seconds = _timed(lambda: run_pipeline(None, teacher_model=(teacher, tokenizer), distill_data=data,
-                                                         output_dir=str(work / f"{ratio}x-untrained"), log=quiet, teacher_bpb=teacher_bpb,
-                                                         overrides=run_overrides(ratio, settings, designed, train=False)))
-        rows.append(_summary_row(ratio, "hypercompress, no training", untrained, seconds))
-        try:
-            (model, rank), seconds = _timed(lambda: svd_at_budget(teacher, budget))
-            rows.append(_model_row(ratio, "plain SVD", model, tokenizer, val, settings, work / "svd", config, teacher_bpb,
-                                   seconds, f"uniform rank {rank}"))
-        except ValueError as error: rows.append(_row(ratio, "plain SVD", teacher_bpb, note=f"not reachable: {error}"))
-        for method in ("magnitude", "wanda"):
-            (model, s), seconds = _timed(lambda: prune_at_nonzeros(teacher, budget, method, calibration))
-            rows.append(_model_row(ratio, "Wanda" if method == "wanda" else method, model, tokenizer, val, settings,
-                                   work / method, config, teacher_bpb, seconds, f"sparsity {s:.4f}, nonzeros"))
-        del model
-        # from scratch: the hypercompress student's architecture, drawn again, cross-entropy on as many tokens
-        student, student_tokenizer = load_saved(work / f"{ratio}x")
-        tokens = summary["tokens"]["distill"] + summary["tokens"]["finetune"]
-        lr = max(config.distillation.learning_rate, 1e-3)  # a rate for training from random weights, not for repairing
-        scratch_config = load_config(None, run_overrides(ratio, settings, designed) + [
-            f"distillation.token_budget={max(tokens, 1)}", "distillation.kl_weight=0", "distillation.ce_weight=1",
-            "distillation.activation_weight=0", "branches.kv.activation_matching_weight=0", f"distillation.learning_rate={lr}"])
-        def scratch():
-            reinitialize(student, seed=scratch_config.seed)
-            chunks = make_chunks(student_tokenizer, train, settings.seq_len)
-            return distill(None, student, student_tokenizer, chunks, scratch_config, log=quiet, progress=False)
-        _, seconds = _timed(scratch)
-        rows.append(_model_row(ratio, "from scratch", student, student_tokenizer, val, settings, work / "scratch",
-                               config, teacher_bpb, seconds, f"{tokens:,} tokens, lr {lr:g}"))
-        log("   " + "; ".join(f"{r['method']} {r['bpb']:.3f}" for r in rows if r["ratio"] == ratio and r["bpb"] is not None))
-    return rows, summaries
+    rows = []
+    budget, designed = int(n // ratio), ratio > limit
+    config = load_config(None, run_overrides(ratio, settings, designed))
+    log(f"{ratio}x: budget {budget:,} parameters; " + ("a designed student" if designed else "the teacher's architecture"))
+    run = lambda folder, train: run_pipeline(None, teacher_model=(teacher, tokenizer), distill_data=data, output_dir=str(work / folder),
+                                             log=quiet, teacher_bpb=teacher_bpb, overrides=run_overrides(ratio, settings, designed, train=train))
+    summary, seconds = _timed(lambda: run(f"{ratio}x", True))
+    rows.append(_summary_row(ratio, "hypercompress", summary, seconds, "designed student" if designed else None))
+    untrained, seconds = _timed(lambda: run(f"{ratio}x-untrained", False))
+    rows.append(_summary_row(ratio, "hypercompress, no training", untrained, seconds))
+    try:
+        (model, rank), seconds = _timed(lambda: svd_at_budget(teacher, budget))
+        rows.append(_model_row(ratio, "plain SVD", model, tokenizer, val, settings, work / "svd", config, teacher_bpb,
+                               seconds, f"uniform rank {rank}"))
+    except ValueError as error: rows.append(_row(ratio, "plain SVD", teacher_bpb, note=f"not reachable: {error}"))
+    for method in ("magnitude", "wanda"):
+        (model, s), seconds = _timed(lambda: prune_at_nonzeros(teacher, budget, method, calibration))
+        rows.append(_model_row(ratio, "Wanda" if method == "wanda" else method, model, tokenizer, val, settings,
+                               work / method, config, teacher_bpb, seconds, f"sparsity {s:.4f}, nonzeros"))
+    del model
+    # from scratch: the hypercompress student's architecture, drawn again, cross-entropy on as many tokens
+    student, student_tokenizer = load_saved(work / f"{ratio}x")
+    tokens = summary["tokens"]["distill"] + summary["tokens"]["finetune"]
+    lr = max(config.distillation.learning_rate, 1e-3)  # a rate for training from random weights, not for repairing
+    scratch_config = load_config(None, run_overrides(ratio, settings, designed) + [
+        f"distillation.token_budget={max(tokens, 1)}", "distillation.kl_weight=0", "distillation.ce_weight=1",
+        "distillation.activation_weight=0", "branches.kv.activation_matching_weight=0", f"distillation.learning_rate={lr}"])
+    def scratch():
+        reinitialize(student, seed=scratch_config.seed)
+        chunks = make_chunks(student_tokenizer, train, settings.seq_len)
+        return distill(None, student, student_tokenizer, chunks, scratch_config, log=quiet, progress=False)
+    _, seconds = _timed(scratch)
+    rows.append(_model_row(ratio, "from scratch", student, student_tokenizer, val, settings, work / "scratch",
+                           config, teacher_bpb, seconds, f"{tokens:,} tokens, lr {lr:g}"))
+    log("   " + "; ".join(f"{r['method']} {r['bpb']:.3f}" for r in rows if r["ratio"] == ratio and r["bpb"] is not None))
+    return rows, summary
+
 
 # %% ../nbs/90_benchmarks.ipynb #cc831545
-def speed_results(teacher, tokenizer, train:str, val:str, summaries:dict, settings:BenchSettings, work:Path, log=print) -> dict:
+def speed_results(teacher, tokenizer, train:str, val:str,
+                  phases:dict, # {ratio: the hypercompress run's phase seconds}
+                  settings:BenchSettings,
+                  work:Path, # holds `{ratio}x-untrained`: each ratio's student, untrained (the architecture is what is timed)
+                  log=print) -> dict:
     "Phase times of the hypercompress runs, SVD timings, training throughput (live teacher, cached targets, ceilings), inference."
     from hypercompress.branches import calibration_ids
     from hypercompress.checkpoint import load as load_saved
-    result = dict(phases={f"{ratio}x": summary["phases"] for ratio, summary in summaries.items()})
+    summaries = phases
+    result = dict(phases={f"{ratio}x": seconds for ratio, seconds in phases.items()})
     log("SVD timings...")
     calibration = calibration_ids(tokenizer, train, settings.calibration_sequences, settings.seq_len)
     result["svd"] = svd_timings(teacher, settings.svd_rank_fraction, calibration if settings.svd_whitened else None)
@@ -560,11 +561,11 @@ def speed_results(teacher, tokenizer, train:str, val:str, summaries:dict, settin
     branch = [ratio for ratio in summaries if ratio <= limit]
     if branch:  # teacher top-k targets need the teacher's vocabulary: the students of the teacher's architecture
         log("training throughput...")
-        students = {f"{ratio}x": load_saved(work / f"{ratio}x")[0] for ratio in branch}
+        students = {f"{ratio}x": load_saved(work / f"{ratio}x-untrained")[0] for ratio in branch}
         result["training"] = training_throughput(teacher, tokenizer, students, train, settings.cache_tokens, settings.seq_len,
                                                  settings.batch_size, log=log)
     log("inference...")
-    models = {"teacher": (teacher, tokenizer)} | {f"{ratio}x": load_saved(work / f"{ratio}x") for ratio in summaries}
+    models = {"teacher": (teacher, tokenizer)} | {f"{ratio}x": load_saved(work / f"{ratio}x-untrained") for ratio in summaries}
     inference = {}
     for name, (model, model_tokenizer) in models.items():
         per_token = _bytes_per_token(model_tokenizer, val[:20_000])
@@ -610,11 +611,15 @@ def _fmt(value, digits=4) -> str:
     if isinstance(value, int): return f"{value:,}"
     return str(value)
 
+def _sittings(results:dict) -> str:
+    n = len(results.get("sittings", [])) or 1
+    return f" of measurement over {n} sittings" if n > 1 else ""
+
 def results_markdown(results:dict) -> str:
     "The tables of `results.json` as markdown."
     t = results["teacher"]
     lines = [f"Measured by `hypercompress bench{' --quick' if results['quick'] else ''}` on {results['machine']} "
-             f"in {results['seconds'] / 60:.1f} minutes: teacher `{results['teacher_model']}` ({t['params']:,} parameters, "
+             f"in {results['seconds'] / 60:.1f} minutes{_sittings(results)}: teacher `{results['teacher_model']}` ({t['params']:,} parameters, "
              f"{t['storage_bytes']:,} bytes stored), data `{results['data']}`, validation BPB on "
              f"{'all' if results['settings']['eval_tokens'] is None else 'the first ' + format(results['settings']['eval_tokens'], ',')} "
              f"validation tokens: teacher **{t['bpb']:.4f}**."
@@ -697,48 +702,131 @@ def _machine() -> str:
     if torch.cuda.is_available(): return f"{torch.cuda.get_device_name(0)} (CUDA), torch {torch.__version__}"
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads), torch {torch.__version__}"
 
+def _cpu_model() -> str:
+    "The CPU's model name (`/proc/cpuinfo`), recorded with each part: sittings may run on different machines of one kind."
+    try: return next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name"))
+    except (OSError, StopIteration): return platform.processor() or platform.machine()
+
+def _commit() -> str|None:
+    "The git commit of the package's checkout, when it is one (recorded with each part; not part of its key)."
+    import subprocess
+    import hypercompress
+    done = subprocess.run(["git", "-C", str(Path(hypercompress.__file__).resolve().parent), "rev-parse", "--short", "HEAD"],
+                          capture_output=True, text=True)
+    return done.stdout.strip() or None if done.returncode == 0 else None
+
+def part_names(settings:BenchSettings) -> list[str]:
+    "The parts of one benchmark run, in the order they are measured: one per ratio, the fine-tuned teacher, speed, scale."
+    return ([f"{ratio:g}x" for ratio in settings.ratios] + (["teacher-finetuned"] if settings.teacher_finetune_tokens else [])
+            + ["speed"] + (["scale"] if settings.scale_sizes else []))
+
+def run_key(teacher_model, data, settings:BenchSettings) -> str:
+    "What a part's numbers depend on (teacher, data, settings, machine, torch): parts of one run share it."
+    what = dict(teacher=str(teacher_model if isinstance(teacher_model, str) else "in-memory model"), data=str(data),
+                settings=asdict(settings), machine=_machine())
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+def measured_parts(folder:Path, key:str, log=print) -> dict[str, dict]:
+    "The parts already measured for `key` under `folder` (a part of other settings or another machine is left out, and said so)."
+    found = {}
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try: part = json.loads(path.read_text())
+        except ValueError: log(f"   {path}: unreadable, measured again"); continue
+        if part.get("key") != key: log(f"   {path}: measured with other settings or on another machine ({part.get('key')}), not used")
+        else: found[part["name"]] = part
+    return found
+
 def run_bench(teacher_model="smollm2-135m", # model spec of the teacher, or a loaded (model, tokenizer)
               data:str="tinyshakespeare", # data spec: first 90% trains, last 10% validates
               quick:bool=False, # `QUICK` settings (within 10 minutes on 2 cores) instead of `FULL`
               out:str="benchmarks", # results.json, results.md and bpb_vs_bytes.png go here
               settings:BenchSettings|None=None, # overrides quick
               log=print,
-             ) -> dict:
-    "Quality and speed of Hypercompress and its baselines, measured in one run; writes and returns the results."
+              parts:list[str]|None=None, # measure only these parts now (`part_names`); None = every part not yet measured
+             ) -> dict|None:
+    """Quality and speed of Hypercompress and its baselines; writes and returns the results once every part is measured.
+    Each part (a ratio's columns, the fine-tuned teacher, speed, scale) is saved under `out/parts/` as it finishes, so a run
+    longer than one sitting goes on where it stopped (same settings, same machine); None while parts are missing."""
     import shutil
-    from hypercompress.checkpoint import save_checkpoint
+    from hypercompress.branches import calibration_ids
+    from hypercompress.checkpoint import load_any, save_checkpoint
+    from hypercompress.config import load_config
     from hypercompress.data import load_text, split_text
-    from hypercompress.checkpoint import load_any
     settings = settings or (QUICK if quick else FULL)
-    work = Path(tempfile.mkdtemp(prefix="hypercompress-bench-"))  # every model of the run; deleted at the end
-    start = time.perf_counter()
+    names, folder = part_names(settings), Path(out) / "parts"
+    unknown = [name for name in parts or [] if name not in names]
+    if unknown: raise ValueError(f"unknown benchmark part {unknown[0]!r}: the parts of these settings are {', '.join(names)}")
+    key = run_key(teacher_model, data, settings)
+    done = measured_parts(folder, key, log)
+    todo = [name for name in names if name not in done and (parts is None or name in parts)]
+    unmeasured = [name for name in names[:names.index("speed")] if name.endswith("x") and name not in done and name not in todo]
+    if "speed" in todo and unmeasured:  # speed reports each ratio's phase times: its ratios come first
+        raise ValueError(f"the speed part needs the ratio parts first: {', '.join(unmeasured)} not measured yet")
+    sitting = time.strftime("%Y-%m-%d %H:%M:%S")  # the parts measured now share it
+    work = Path(tempfile.mkdtemp(prefix="hypercompress-bench-"))  # every model of this sitting; deleted at the end
     try:
-        teacher, tokenizer, _ = load_any(teacher_model)
-        teacher.eval()
-        splits = split_text(load_text(data))
-        teacher_bpb = _bpb(teacher, tokenizer, splits.val, settings)
-        from hypercompress.config import load_config
-        stored = save_checkpoint(teacher, tokenizer, work / "teacher", config=load_config(), experiment="model", save_pretrained=False)
-        log(f"teacher: {count_parameters(teacher):,} parameters, validation BPB {teacher_bpb:.4f}")
-        rows, summaries = quality_rows(teacher, tokenizer, splits.train, splits.val, teacher_bpb, data, settings, work, log)
-        if settings.teacher_finetune_tokens:
-            rows.append(_finetuned_teacher(teacher, tokenizer, splits.train, splits.val, teacher_bpb, settings, work, log))
-        speed = speed_results(teacher, tokenizer, splits.train, splits.val, summaries, settings, work, log)
+        if todo:
+            teacher, tokenizer, _ = load_any(teacher_model)
+            teacher.eval()
+            splits = split_text(load_text(data))
+            teacher_bpb = _bpb(teacher, tokenizer, splits.val, settings)
+            stored = save_checkpoint(teacher, tokenizer, work / "teacher", config=load_config(), experiment="model", save_pretrained=False)
+            teacher_row = dict(params=count_parameters(teacher), storage_bytes=stored["storage_bytes"], bpb=teacher_bpb)
+            log(f"teacher: {teacher_row['params']:,} parameters, validation BPB {teacher_bpb:.4f}; measuring {', '.join(todo)}")
+            calibration = calibration_ids(tokenizer, splits.train, settings.calibration_sequences, settings.seq_len)
+        for name in todo:
+            part_start = time.perf_counter()
+            part = dict(name=name, key=key, teacher=teacher_row, machine=_machine(), cpu=_cpu_model(), sitting=sitting, code=_commit())
+            if name.endswith("x"):
+                ratio = next(r for r in settings.ratios if f"{r:g}x" == name)
+                rows, summary = ratio_rows(ratio, teacher, tokenizer, splits.train, splits.val, teacher_bpb, data, settings, work,
+                                           calibration, log)
+                part.update(rows=rows, phases=summary["phases"])
+            elif name == "teacher-finetuned":
+                part.update(rows=[_finetuned_teacher(teacher, tokenizer, splits.train, splits.val, teacher_bpb, settings, work, log)])
+            elif name == "speed":
+                phases = {r: done[f"{r:g}x"]["phases"] if f"{r:g}x" in done else None for r in settings.ratios}
+                _untrained_students(teacher, tokenizer, data, settings, work, teacher_bpb, log)
+                part.update(speed=speed_results(teacher, tokenizer, splits.train, splits.val, phases, settings, work, log))
+            else:
+                part.update(scale=[])
+                for size in settings.scale_sizes:
+                    log(f"scale: {size} layer by layer...")
+                    part["scale"].append(scale_point(size, settings.scale_ratio))
+            part["seconds"] = time.perf_counter() - part_start
+            done[name] = part
+            atomic_write(folder / f"{name}.json", lambda temporary, part=part: temporary.write_text(json.dumps(part, indent=1, default=str)))
     finally: shutil.rmtree(work, ignore_errors=True)
-    scale = []
-    for size in settings.scale_sizes:
-        log(f"scale: {size} layer by layer...")
-        scale.append(scale_point(size, settings.scale_ratio))
+    missing = [name for name in names if name not in done]
+    if missing:
+        log(f"{len(names) - len(missing)} of {len(names)} parts measured (in {folder}); still to measure: {', '.join(missing)}")
+        return None
+    sittings = sorted({done[name]["sitting"] for name in names})
     results = dict(teacher_model=str(teacher_model if isinstance(teacher_model, str) else "in-memory model"), data=str(data),
-                   quick=quick, machine=_machine(), settings=asdict(settings), seconds=time.perf_counter() - start,
-                   teacher=dict(params=count_parameters(teacher), storage_bytes=stored["storage_bytes"], bpb=teacher_bpb),
-                   quality=rows, speed=speed, scale=scale)
+                   quick=quick, machine=done[names[0]]["machine"], settings=asdict(settings),
+                   seconds=sum(done[name]["seconds"] for name in names), sittings=sittings,
+                   parts={name: dict(sitting=done[name]["sitting"], seconds=done[name]["seconds"]) for name in names},
+                   teacher=done[names[0]]["teacher"], quality=[row for name in names for row in done[name].get("rows", [])],
+                   speed=done["speed"]["speed"], scale=done.get("scale", {}).get("scale", []))
     figure = io.BytesIO()
     plot_quality(results).savefig(figure, format="png")
     out = _publish(Path(out), {"results.json": json.dumps(results, indent=1, default=str).encode(),
                                "results.md": results_markdown(results).encode(), "bpb_vs_bytes.png": figure.getvalue()})
-    log(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'bpb_vs_bytes.png'} ({results['seconds'] / 60:.1f} min)")
+    shutil.rmtree(folder, ignore_errors=True)  # every part is in results.json now
+    log(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'bpb_vs_bytes.png'} ({results['seconds'] / 60:.1f} min of "
+        f"measurement in {len(sittings)} sitting{'s' if len(sittings) > 1 else ''})")
     return results
+
+def _untrained_students(teacher, tokenizer, data:str, settings:BenchSettings, work:Path, teacher_bpb:float, log=print):
+    "Each ratio's student, untrained, in `work/{ratio}x-untrained` (what the speed part times): built when this sitting has none."
+    from hypercompress.pipeline import run_pipeline
+    limit = reachable_ratio(teacher)
+    for ratio in settings.ratios:
+        if (work / f"{ratio}x-untrained").exists(): continue
+        log(f"{ratio}x: building the student to time it")
+        run_pipeline(None, teacher_model=(teacher, tokenizer), distill_data=data, output_dir=str(work / f"{ratio}x-untrained"),
+                     log=lambda *a, **k: None, teacher_bpb=teacher_bpb,
+                     overrides=run_overrides(ratio, settings, ratio > limit, train=False) + ["evaluation.run_ppl=false"])
 
 def _publish(out:Path, files:dict[str, bytes]) -> Path:
     "Write each file to a temporary name, then rename it into place: a failed run leaves earlier results untouched."

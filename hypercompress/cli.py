@@ -276,11 +276,15 @@ def _add_bench(subparsers):
     p.add_argument("--data", default="tinyshakespeare", help="data spec: first 90%% trains, last 10%% validates")
     p.add_argument("--quick", action="store_true", help="small budgets: within 10 minutes on 2 CPU cores")
     p.add_argument("--out", default="benchmarks", help="folder of results.json, results.md and bpb_vs_bytes.png")
+    p.add_argument("--parts", nargs="+", default=None, metavar="PART",
+                   help="measure only these parts now (e.g. 1.33x 2x, teacher-finetuned, speed, scale); each is saved in OUT/parts "
+                        "as it finishes and later runs go on where it stopped; default: every part not yet measured")
     p.set_defaults(func=_run_bench)
 
 def _run_bench(args):
     from hypercompress.bench import results_markdown, run_bench  # torch and the pipeline are imported when it runs
-    print(results_markdown(run_bench(args.teacher_model, args.data, quick=args.quick, out=args.out)))
+    results = run_bench(args.teacher_model, args.data, quick=args.quick, out=args.out, parts=args.parts)
+    if results is not None: print(results_markdown(results))
 
 SUBCOMMANDS = [_add_eval, _add_data, _add_plan, _add_run, _add_check, _add_search, _add_bench, _add_cache, _add_targets, _add_docs]
 
