@@ -333,7 +333,7 @@ def compress_layerwise(model_config, # a LlamaConfig (tied embeddings)
     from hypercompress.config import load_config
     from hypercompress.lra import low_rank_factors
     from hypercompress.planner import plan, planning_candidates, spectrum_energy
-    from hypercompress.structural import FactorizedLinear
+    from hypercompress.layers import FactorizedLinear, replace_module
     with torch.device("meta"): model = AutoModelForCausalLM.from_config(model_config)
     config = load_config(None, [f"targets.compression_ratio={ratio}", "branches.kv.enabled=false"])
     candidates = planning_candidates(model, config)
@@ -364,8 +364,7 @@ def compress_layerwise(model_config, # a LlamaConfig (tied embeddings)
         for c in members(prefix):
             if c.name not in the_plan.ranks: continue
             U, V = low_rank_factors(linear_weight(modules[c.name]), the_plan.ranks[c.name])
-            parent, _, child = c.name.rpartition(".")
-            setattr(model.get_submodule(parent), child, FactorizedLinear.from_factors(U, V, modules[c.name].bias))
+            replace_module(model, c.name, FactorizedLinear.from_factors(U, V, modules[c.name].bias))
     _materialize(model.model.norm, seed + len(model.model.layers) + 1)
     model.model.rotary_emb = type(model.model.rotary_emb)(config=model_config)  # buffers computed on the CPU
     seconds["factorize"] = time.perf_counter() - start
