@@ -240,7 +240,8 @@ def preflight(config:HypercompressConfig, output_dir:Path, log=print) -> dict:
 
 def planned_bytes(teacher_params:int, config:HypercompressConfig) -> int:
     "About the bytes the run's checkpoint takes: a student at the target ratio once per weights file the storage settings write, and a MiB for the rest."
-    from hypercompress.checkpoint import QUANTIZATION_BITS, storage_settings
+    from hypercompress.checkpoint import storage_settings
+    from hypercompress.quantize import QUANTIZATION_BITS
     s = storage_settings(config)
     per_parameter = 4 if s["quantization"] == "none" else QUANTIZATION_BITS[s["quantization"]] / 8 + 2 / s["group_size"]
     shared = s["export_format"] == "safetensors" and s["safe_serialization"]  # hf/ then hard-links the safetensors file
