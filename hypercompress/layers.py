@@ -8,7 +8,8 @@ __all__ = ['CHECKPOINT_MODULES', 'replace_module', 'module_name', 'FactorizedLin
            'dense_attention', 'densify', 'CheckpointModule', 'register_checkpoint_module',
            'describe_factorized_embedding', 'build_factorized_embedding', 'describe_tied_head', 'build_tied_head',
            'describe_latent_kv', 'build_latent_kv', 'describe_factorized_linear', 'build_factorized_linear',
-           'describe_linear_chain', 'build_linear_chain', 'structure_recipe', 'rebuild_from_recipe']
+           'describe_linear_chain', 'build_linear_chain', 'structure_recipe', 'rebuild_from_recipe', 'stored_state',
+           'load_stored_state']
 
 # %% ../nbs/04_layers.ipynb #e378d2b7
 import copy
@@ -448,3 +449,43 @@ def rebuild_from_recipe(base_model:nn.Module, # freshly built from the checkpoin
                        ) -> nn.Module:
     "Replace the recorded modules of `base_model` by empty custom modules of the recorded shapes."
     return _rebuild(base_model, recipe, {name: (entry.order, entry.build) for name, entry in CHECKPOINT_MODULES.items()})
+
+# %% ../nbs/04_layers.ipynb #088098cf
+def _storage_groups(state:dict[str, Tensor]) -> list[list[str]]:
+    "Names of the state dict grouped by the tensor they are (same storage, offset, shape and strides)."
+    groups = {}
+    for key, tensor in state.items():
+        identity = (id(tensor) if tensor.device.type == "meta" else tensor.untyped_storage().data_ptr(),
+                    tensor.storage_offset(), tuple(tensor.shape), tuple(tensor.stride()))
+        groups.setdefault(identity, []).append(key)
+    return list(groups.values())
+
+def _tied_targets(model:nn.Module) -> set[str]:
+    mapping = getattr(model, "all_tied_weights_keys", None) or getattr(model, "_tied_weights_keys", None) or {}
+    return set(mapping)
+
+def stored_state(model:nn.Module) -> dict[str, Tensor]:
+    "The model's state dict on the CPU, contiguous, each shared tensor once (under its tie source's name)."
+    state, targets = model.state_dict(), _tied_targets(model)
+    stored = {}
+    for group in _storage_groups(state):
+        key = next((key for key in group if key not in targets), group[0])
+        stored[key] = state[key].detach().cpu().contiguous()
+    return {key: stored[key] for key in state if key in stored}  # state-dict order
+
+def load_stored_state(model:nn.Module, # rebuilt model, changed in place
+                      state:dict[str, Tensor], # float tensors, each shared tensor possibly once
+                     ) -> nn.Module:
+    "Fill in the names that share storage in `model`, then load strictly."
+    expected, state = model.state_dict(), dict(state)
+    for group in _storage_groups(expected):
+        present = [key for key in group if key in state]
+        for key in group:
+            if present: state.setdefault(key, state[present[0]])
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(f"the weights do not fit the rebuilt model: missing {missing[:4]}, unexpected {unexpected[:4]}"
+                              f" ({len(missing)} missing, {len(unexpected)} unexpected)")
+    try: model.load_state_dict(state, strict=True)
+    except RuntimeError as error: raise CheckpointError(f"the weights do not fit the rebuilt model: {str(error).strip()}") from None
+    return model
