@@ -498,7 +498,7 @@ def quality_rows(teacher, tokenizer, train:str, val:str, teacher_bpb:float, data
     "Rows of the quality table for every ratio, and {ratio: the hypercompress run's summary}."
     from hypercompress.branches import calibration_ids
     from hypercompress.checkpoint import load as load_saved
-    from hypercompress.config import load_config
+    from hypercompress.config import as_override, load_config
     from hypercompress.data import make_chunks
     from hypercompress.distill import distill
     from hypercompress.pipeline import run_pipeline
@@ -510,14 +510,13 @@ def quality_rows(teacher, tokenizer, train:str, val:str, teacher_bpb:float, data
         budget, designed = int(n // ratio), ratio > limit
         config = load_config(None, run_overrides(ratio, settings, designed))
         log(f"{ratio}x: budget {budget:,} parameters; " + ("a designed student" if designed else "the teacher's architecture"))
-        summary, seconds = _timed(lambda: run_pipeline(None, teacher_model=(teacher, tokenizer), distill_data=data,
-                                                       output_dir=str(work / f"{ratio}x"), log=quiet, teacher_bpb=teacher_bpb,
-                                                       overrides=run_overrides(ratio, settings, designed)))
+        run = lambda folder, train: run_pipeline(None, [as_override("data.distill", str(data)), as_override("storage.checkpoint_dir", str(work / folder)),
+                                                       *run_overrides(ratio, settings, designed, train=train)],
+                                                 teacher=(teacher, tokenizer), log=quiet, teacher_bpb=teacher_bpb)
+        summary, seconds = _timed(lambda: run(f"{ratio}x", True))
         summaries[ratio] = summary
         rows.append(_summary_row(ratio, "hypercompress", summary, seconds, "designed student" if designed else None))
-        untrained, seconds = _timed(lambda: run_pipeline(None, teacher_model=(teacher, tokenizer), distill_data=data,
-                                                         output_dir=str(work / f"{ratio}x-untrained"), log=quiet, teacher_bpb=teacher_bpb,
-                                                         overrides=run_overrides(ratio, settings, designed, train=False)))
+        untrained, seconds = _timed(lambda: run(f"{ratio}x-untrained", False))
         rows.append(_summary_row(ratio, "hypercompress, no training", untrained, seconds))
         try:
             (model, rank), seconds = _timed(lambda: svd_at_budget(teacher, budget))

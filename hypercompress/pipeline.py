@@ -4,22 +4,23 @@
 
 # %% auto #0
 __all__ = ['LM_EVAL_TASKS', 'PhaseTimer', 'compress', 'summarize', 'summary_lines', 'summary_markdown', 'run_lm_eval',
-           'preflight', 'planned_bytes', 'check_against_teacher', 'run_pipeline', 'ablate']
+           'preflight', 'planned_bytes', 'check_against_teacher', 'RunContext', 'Student', 'FactorizeRoute',
+           'DesignRoute', 'routes', 'run_pipeline', 'ablate']
 
 # %% ../nbs/22_pipeline.ipynb #42b18fc5
 import copy
 import json
 import math
 import shutil
-import tempfile
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from .branches import CompressionState, config_calibration, run_branches
-from .config import HypercompressConfig, dump_config, load_config
+from .config import HypercompressConfig, resolve_config
 from .data import encode_text, load_text, make_chunks, split_text, text_bytes
 from .errors import DataError
 from .evaluate import evaluate_bpb
@@ -195,22 +196,6 @@ def run_lm_eval(model, tokenizer, evaluation_config, limit:int|None=None) -> dic
     return results
 
 # %% ../nbs/22_pipeline.ipynb #855e5e29
-def _overrides(ratio, distill_data, finetune_data, seq_len, stride, max_chunks, batch_size) -> list[str]:
-    "`key=value` overrides for the command-line flags that were given."
-    pairs = [("targets.compression_ratio", ratio), ("data.distill", distill_data), ("data.finetune", finetune_data),
-             ("data.seq_len", seq_len), ("data.stride", stride), ("data.max_chunks", max_chunks), ("data.batch_size", batch_size)]
-    return [f"{key}={value}" for key, value in pairs if value is not None]
-
-def _resolve_config(config, overrides:list[str]) -> HypercompressConfig:
-    "A validated config from a path, None (defaults) or a config object, with overrides applied."
-    if isinstance(config, HypercompressConfig):
-        if not overrides: return config
-        with tempfile.TemporaryDirectory() as d:
-            path = Path(d) / "config.yaml"
-            dump_config(config, path)
-            return load_config(path, overrides)
-    return load_config(config, overrides)
-
 def _texts(config:HypercompressConfig) -> dict:
     "train / dev / val text for distillation and fine-tuning."
     splits = split_text(load_text(config.data.distill), config.data.train_fraction)
@@ -285,39 +270,90 @@ def _keep_if_diverged(student, tokenizer, output_dir:Path, config:HypercompressC
                                     f"published).", error.result) from None
 
 # %% ../nbs/22_pipeline.ipynb #6aa964d5
+@dataclass
+class RunContext:
+    "What every route of a run sees: the teacher, the model compression starts from, the settings and the text."
+    config: HypercompressConfig
+    teacher: torch.nn.Module
+    tokenizer: object
+    base: torch.nn.Module # what the teacher's-architecture route compresses (the teacher, made dense, or `model.student`)
+    teacher_params: int
+    calibration: torch.Tensor
+    texts: dict
+    log: object
+    timer: PhaseTimer
+
+@dataclass
+class Student:
+    "What a route built: the student to train, its tokenizer and plan, and what the route needs to train it."
+    route: str # 'factorize' or 'design'
+    model: torch.nn.Module
+    tokenizer: object
+    plan: object
+    artifacts: dict = field(default_factory=dict) # the branches' artifacts (factorize)
+    vocab: object = None # the student's own vocabulary (design)
+
+class FactorizeRoute:
+    "The teacher's own architecture: the branches' proposals merged and factorized (`compress`), distilled on the teacher's vocabulary."
+    name, ablates = "factorize", True
+    def build(self, run:RunContext, reasons:list[str]) -> tuple[Student|None, list[str]]:
+        "The compressed student, or None and the planner's reasons when no plan of the architecture reaches the target."
+        student, plan, state = compress(run.base, run.tokenizer, run.config, run.calibration, reference_params=run.teacher_params,
+                                        log=run.log, timer=run.timer, stop_when_infeasible=True)
+        if not plan.feasible: return None, plan.reasons
+        return Student(self.name, student, run.tokenizer, plan, state.artifacts), reasons
+    def distill(self, student:Student, run:RunContext):
+        "(DistillResult, targets, training windows): targets from the shared cache, or the teacher in the loop."
+        from hypercompress.distill import distill, distillation_targets
+        config = run.config
+        chunks = make_chunks(run.tokenizer, run.texts["train"], config.data.seq_len, config.data.stride, config.data.max_chunks)
+        targets = distillation_targets(run.teacher, chunks, config, log=run.log)
+        return distill(targets, student.model, run.tokenizer, chunks, config, log=run.log), targets, chunks
+
+class DesignRoute:
+    "A smaller student designed for the budget (`planned_student`), distilled across vocabularies (`distill_student`), nbs/33."
+    name, ablates = "design", False
+    def build(self, run:RunContext, reasons:list[str]) -> tuple[Student, list[str]]:
+        from hypercompress.student_pipeline import planned_student  # a later module, built on this one
+        with run.timer.phase("student", "🧬 Designing a student..."):
+            model, tokenizer, vocab, plan = planned_student(run.teacher, run.tokenizer, run.config, run.calibration,
+                                                            run.teacher_params, reasons, log=run.log)
+        return Student(self.name, model, tokenizer, plan, vocab=vocab), reasons
+    def distill(self, student:Student, run:RunContext):
+        "(DistillResult, None, None): the targets live in the cross-vocabulary cache, not in the teacher's vocabulary."
+        from hypercompress.student_pipeline import distill_student
+        return distill_student(run.teacher, run.tokenizer, student.vocab, student.model, run.texts["train"], run.config,
+                               log=run.log), None, None
+
+def routes(config:HypercompressConfig) -> list:
+    "The routes a run tries, in order: the teacher's own architecture, then a designed student (only that under `mode: distill-only`)."
+    return ([] if config.mode == "distill-only" else [FactorizeRoute()]) + [DesignRoute()]
+
 def run_pipeline(config=None, # YAML path, `HypercompressConfig`, or None for the defaults
+                 overrides:list[str]|None=None, # `key=value` strings applied after it (what the command line's flags become)
                  *,
-                 teacher_model="smollm2-135m", # model spec of the teacher, or a loaded (model, tokenizer)
-                 student_model:str|None=None, # start compression from this (smaller) model instead of the teacher
-                 teacher_checkpoint:str|None=None, # an earlier run's output used as the teacher (iterative compression)
-                 distill_data:str|None=None, finetune_data:str|None=None, # data specs (override data.distill / data.finetune)
-                 ratio:float|None=None, # overrides targets.compression_ratio
-                 seq_len:int|None=None, stride:int|None=None, max_chunks:int|None=None, batch_size:int|None=None,
-                 output_dir:str|None=None, # default storage.checkpoint_dir
-                 overrides:list[str]|None=None, # `key=value` strings, applied last
+                 teacher:tuple|None=None, # an already loaded (model, tokenizer), used instead of loading `model.teacher`
                  log=print,
                  on_evaluation=None, # passed to `finetune`: on_evaluation(tokens, dev_bpb) after each evaluation (e.g. Optuna pruning)
                  teacher_bpb:float|None=None, # the teacher's val BPB already measured on the same data and evaluation settings: not measured again
                 ) -> dict|None:
     "Plan, compress, distill, fine-tune, save, reload and evaluate; returns the summary (also written as summary.json), or None on processes other than 0 under `accelerate launch`."
     from hypercompress.checkpoint import locked_output
-    config = _resolve_config(config, _overrides(ratio, distill_data, finetune_data, seq_len, stride, max_chunks, batch_size)
-                             + list(overrides or []))
-    output_dir = Path(output_dir or config.storage.checkpoint_dir)
+    config = resolve_config(config, overrides)
+    output_dir = Path(config.storage.checkpoint_dir)
     process = process_state()  # device: CUDA when present; rank and world size under `accelerate launch`
     if not process.is_main_process: log = lambda *a, **k: None  # process 0 reports for all
     texts = preflight(config, output_dir, log)
-    def run(): return _run(config, texts, output_dir, process, teacher_model=teacher_model, student_model=student_model,
-                           teacher_checkpoint=teacher_checkpoint, log=log, on_evaluation=on_evaluation, teacher_bpb=teacher_bpb)
+    def run(): return _run(config, texts, output_dir, process, teacher=teacher, log=log, on_evaluation=on_evaluation,
+                           teacher_bpb=teacher_bpb)
     if not process.is_main_process: return run()  # only process 0 writes the output folder
     with locked_output(output_dir, log): return run()  # a second run into the same folder is refused now, not after training
 
-def _run(config:HypercompressConfig, texts:dict, output_dir:Path, process, *, teacher_model, student_model, teacher_checkpoint,
-         log, on_evaluation, teacher_bpb) -> dict|None:
+def _run(config:HypercompressConfig, texts:dict, output_dir:Path, process, *, teacher, log, on_evaluation, teacher_bpb) -> dict|None:
     "The run itself, on a resolved config and the checked text splits, with the output folder locked."
     from hypercompress.checkpoint import load as load_saved, load_any, new_staging, publish, storage_settings, write_checkpoint
-    from hypercompress.distill import distill, distillation_targets
     from hypercompress.finetune import finetune
+    from hypercompress.layers import structure_recipe
     torch.manual_seed(config.seed)
     timer, evaluation = PhaseTimer(log), config.evaluation
 
@@ -326,46 +362,38 @@ def _run(config:HypercompressConfig, texts:dict, output_dir:Path, process, *, te
         return evaluate_bpb(model, model_tokenizer or tokenizer, texts["val"], seq_len=evaluation.seq_len, max_tokens=evaluation.max_eval_tokens)
 
     with timer.phase("baseline", "🔍 Baseline analysis..."):
-        teacher, tokenizer, origin = load_any(teacher_checkpoint or teacher_model)
+        teacher, tokenizer, origin = load_any(teacher if teacher is not None else config.model.teacher)
         teacher.eval().to(process.device)
         teacher_params = count_parameters(teacher)
         if process.is_main_process: check_against_teacher(teacher, tokenizer, texts, config, output_dir, teacher_params)
-        base = densify(copy.deepcopy(teacher)) if teacher_checkpoint else teacher
+        # an earlier run's student holds compressed modules: compressing it again starts from the dense model it computes
+        base = densify(copy.deepcopy(teacher)) if structure_recipe(teacher) else teacher
         if teacher_bpb is None: teacher_bpb = (val_bpb(teacher) or {}).get("bpb")  # a caller running several compressions measures it once
         log(f"   teacher: {teacher_params:,} parameters, validation BPB {teacher_bpb if teacher_bpb is None else round(teacher_bpb, 4)}")
-        if student_model:
-            base, base_tokenizer, _ = load_any(student_model)
+        if config.model.student:
+            base, base_tokenizer, _ = load_any(config.model.student)
             base.to(process.device)
             if len(base_tokenizer) != len(tokenizer):
-                raise ValueError(f"student model {student_model} has a vocabulary of {len(base_tokenizer)}, the teacher "
+                raise ValueError(f"model.student={config.model.student} has a vocabulary of {len(base_tokenizer)}, the teacher "
                                  f"{len(tokenizer)}: distillation here needs the same tokenizer")
         calibration = config_calibration(tokenizer, texts["train"], config)
+    context = RunContext(config, teacher, tokenizer, base, teacher_params, calibration, texts, log, timer)
 
     # The teacher's own architecture first; when no plan of it reaches the target (or mode is distill-only), a
     # smaller student is designed instead (`hypercompress.student_pipeline`, nbs/33).
-    designed, reasons = config.mode == "distill-only", ["mode is distill-only"]
-    if not designed:
-        student, plan, state = compress(base, tokenizer, config, calibration, reference_params=teacher_params, log=log,
-                                        timer=timer, stop_when_infeasible=True)
-        designed, reasons = not plan.feasible, plan.reasons
-        if designed: log("   the teacher's architecture cannot reach the target: designing a smaller student instead")
-    vocab, student_tokenizer, artifacts = None, tokenizer, {} if designed else state.artifacts
-    if designed:
-        from hypercompress.student_pipeline import distill_student, planned_student  # a later module, built on this one
-        with timer.phase("student", "🧬 Designing a student..."):
-            student, student_tokenizer, vocab, plan = planned_student(teacher, tokenizer, config, calibration, teacher_params,
-                                                                      reasons, log=log)
-    log(f"   {'designed' if designed else 'compressed'}: {count_parameters(student):,} parameters "
-        f"({teacher_params / count_parameters(student):.2f}x, counted)")
-    keep_if_diverged = lambda: _keep_if_diverged(student, student_tokenizer, output_dir, config, plan, process.is_main_process)
+    student, reasons = None, ["mode is distill-only"]
+    for route in routes(config):
+        if route.name == "design" and reasons != ["mode is distill-only"]:
+            log("   the teacher's architecture cannot reach the target: designing a smaller student instead")
+        student, reasons = route.build(context, reasons)
+        if student is not None: break
+    log(f"   {'designed' if student.route == 'design' else 'compressed'}: {count_parameters(student.model):,} parameters "
+        f"({teacher_params / count_parameters(student.model):.2f}x, counted)")
+    keep_if_diverged = lambda: _keep_if_diverged(student.model, student.tokenizer, output_dir, config, student.plan,
+                                                 process.is_main_process)
 
-    targets = chunks = None  # the teacher's targets and the training windows of a student with the teacher's vocabulary
     with timer.phase("distill", "🎓 Distilling knowledge..."), keep_if_diverged():
-        if designed: distilled = distill_student(teacher, tokenizer, vocab, student, texts["train"], config, log=log)
-        else:
-            chunks = make_chunks(tokenizer, texts["train"], config.data.seq_len, config.data.stride, config.data.max_chunks)
-            targets = distillation_targets(teacher, chunks, config, log=log)  # the shared cache, or the teacher in the loop
-            distilled = distill(targets, student, tokenizer, chunks, config, log=log)
+        distilled, targets, chunks = route.distill(student, context)
     # Only distillation is data-parallel; process 0 fine-tunes, saves and evaluates, the others are done. Every rank
     # closes the process group first: a rank that exits with gloo's threads still running aborts ("terminate called
     # without an active exception") and takes the launcher down with it.
@@ -373,29 +401,30 @@ def _run(config:HypercompressConfig, texts:dict, output_dir:Path, process, *, te
         process.wait_for_everyone()
         torch.distributed.destroy_process_group()
     if not process.is_main_process: return None
-    ft_chunks = make_chunks(student_tokenizer, texts["finetune_train"], config.data.seq_len, config.data.stride, config.data.max_chunks)
+    ft_chunks = make_chunks(student.tokenizer, texts["finetune_train"], config.data.seq_len, config.data.stride, config.data.max_chunks)
     with timer.phase("finetune", "🔧 Fine-tuning..."), keep_if_diverged():
-        tuned = finetune(student, student_tokenizer, ft_chunks, texts["finetune_dev"], config, log=log, on_evaluation=on_evaluation)
+        tuned = finetune(student.model, student.tokenizer, ft_chunks, texts["finetune_dev"], config, log=log, on_evaluation=on_evaluation)
 
     staging = new_staging(output_dir)  # inside the output folder: publishing it is one rename and one pointer switch
     try:
         with timer.phase("save", "💾 Saving checkpoint..."):
-            written = write_checkpoint(student, student_tokenizer, staging, storage_settings(config), config=config, plan=plan,
-                                       metrics=dict(distill=distilled.to_dict(), finetune=tuned.to_dict()))
+            written = write_checkpoint(student.model, student.tokenizer, staging, storage_settings(config), config=config,
+                                       plan=student.plan, metrics=dict(distill=distilled.to_dict(), finetune=tuned.to_dict()))
         with timer.phase("evaluate", "📊 Evaluating..."):
             saved, _ = load_saved(staging)  # every number below describes the files just written
             saved.to(process.device)
-            evaluated = val_bpb(saved, student_tokenizer)
+            evaluated = val_bpb(saved, student.tokenizer)
             ablation = ablate(base_model=base, tokenizer=tokenizer, config=config, calibration=calibration,
-                              val_text=texts["val"], reference_params=teacher_params, names=list(artifacts), log=log) if evaluation.ablation_branches and not designed else {}
-            if designed and evaluation.ablation_branches: log("   ablation skipped: a designed student has no compression branches")
-            benchmarks = run_lm_eval(saved, student_tokenizer, evaluation)
+                              val_text=texts["val"], reference_params=teacher_params, names=list(student.artifacts),
+                              log=log) if evaluation.ablation_branches and route.ablates else {}
+            if evaluation.ablation_branches and not route.ablates: log("   ablation skipped: a designed student has no compression branches")
+            benchmarks = run_lm_eval(saved, student.tokenizer, evaluation)
         summary = summarize(teacher_params=teacher_params, student_model=saved, weight_file_bytes=written["storage_bytes"],
-                            teacher_bpb=teacher_bpb, student_bpb=(evaluated or {}).get("bpb"), artifacts=artifacts,
+                            teacher_bpb=teacher_bpb, student_bpb=(evaluated or {}).get("bpb"), artifacts=student.artifacts,
                             tokens=dict(distill=distilled.tokens, finetune=tuned.tokens), phases=timer.seconds,
-                            config=config, plan=plan, origin=origin, evaluated=evaluated,
-                            extra=dict(ablation=ablation, benchmarks=benchmarks, files=written["files"], **_targets_fields(distilled),
-                                       training=_training_record(distilled, tuned, targets, chunks),
+                            config=config, plan=student.plan, origin=origin, evaluated=evaluated,
+                            extra=dict(route=student.route, ablation=ablation, benchmarks=benchmarks, files=written["files"],
+                                       **_targets_fields(distilled), training=_training_record(distilled, tuned, targets, chunks),
                                        distill_stopped=distilled.stopped_reason, finetune_best_dev_bpb=tuned.best_bpb))
         (staging / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         (staging / "summary.md").write_text(summary_markdown(summary))
