@@ -334,7 +334,7 @@ def compress_layerwise(model_config, # a LlamaConfig (tied embeddings)
     from hypercompress.config import load_config
     from hypercompress.lra import low_rank_factors
     from hypercompress.planner import plan, planning_candidates, spectrum_energy
-    from hypercompress.structural import FactorizedLinear
+    from hypercompress.layers import FactorizedLinear, replace_module
     with torch.device("meta"): model = AutoModelForCausalLM.from_config(model_config)
     config = load_config(None, [f"targets.compression_ratio={ratio}", "branches.kv.enabled=false"])
     candidates = planning_candidates(model, config)
@@ -365,8 +365,7 @@ def compress_layerwise(model_config, # a LlamaConfig (tied embeddings)
         for c in members(prefix):
             if c.name not in the_plan.ranks: continue
             U, V = low_rank_factors(linear_weight(modules[c.name]), the_plan.ranks[c.name])
-            parent, _, child = c.name.rpartition(".")
-            setattr(model.get_submodule(parent), child, FactorizedLinear.from_factors(U, V, modules[c.name].bias))
+            replace_module(model, c.name, FactorizedLinear.from_factors(U, V, modules[c.name].bias))
     _materialize(model.model.norm, seed + len(model.model.layers) + 1)
     model.model.rotary_emb = type(model.model.rotary_emb)(config=model_config)  # buffers computed on the CPU
     seconds["factorize"] = time.perf_counter() - start
@@ -499,7 +498,7 @@ def ratio_rows(ratio:float, teacher, tokenizer, train:str, val:str, teacher_bpb:
                work:Path, calibration, log=print) -> tuple[list[dict], dict]:
     "The quality table's rows for one ratio (every column), and the hypercompress run's summary."
     from hypercompress.checkpoint import load as load_saved
-    from hypercompress.config import load_config
+    from hypercompress.config import as_override, load_config
     from hypercompress.data import make_chunks
     from hypercompress.distill import distill
     from hypercompress.pipeline import run_pipeline
@@ -509,8 +508,9 @@ def ratio_rows(ratio:float, teacher, tokenizer, train:str, val:str, teacher_bpb:
     budget, designed = int(n // ratio), ratio > limit
     config = load_config(None, run_overrides(ratio, settings, designed))
     log(f"{ratio}x: budget {budget:,} parameters; " + ("a designed student" if designed else "the teacher's architecture"))
-    run = lambda folder, train: run_pipeline(None, teacher_model=(teacher, tokenizer), distill_data=data, output_dir=str(work / folder),
-                                             log=quiet, teacher_bpb=teacher_bpb, overrides=run_overrides(ratio, settings, designed, train=train))
+    run = lambda folder, train: run_pipeline(None, [as_override("data.distill", str(data)), as_override("storage.checkpoint_dir", str(work / folder)),
+                                                   *run_overrides(ratio, settings, designed, train=train)],
+                                             teacher=(teacher, tokenizer), log=quiet, teacher_bpb=teacher_bpb)
     summary, seconds = _timed(lambda: run(f"{ratio}x", True))
     rows.append(_summary_row(ratio, "hypercompress", summary, seconds, "designed student" if designed else None))
     untrained, seconds = _timed(lambda: run(f"{ratio}x-untrained", False))
@@ -819,14 +819,15 @@ def run_bench(teacher_model="smollm2-135m", # model spec of the teacher, or a lo
 
 def _untrained_students(teacher, tokenizer, data:str, settings:BenchSettings, work:Path, teacher_bpb:float, log=print):
     "Each ratio's student, untrained, in `work/{ratio}x-untrained` (what the speed part times): built when this sitting has none."
+    from hypercompress.config import as_override
     from hypercompress.pipeline import run_pipeline
     limit = reachable_ratio(teacher)
     for ratio in settings.ratios:
         if (work / f"{ratio}x-untrained").exists(): continue
         log(f"{ratio}x: building the student to time it")
-        run_pipeline(None, teacher_model=(teacher, tokenizer), distill_data=data, output_dir=str(work / f"{ratio}x-untrained"),
-                     log=lambda *a, **k: None, teacher_bpb=teacher_bpb,
-                     overrides=run_overrides(ratio, settings, ratio > limit, train=False) + ["evaluation.run_ppl=false"])
+        run_pipeline(None, [as_override("data.distill", str(data)), as_override("storage.checkpoint_dir", str(work / f"{ratio}x-untrained")),
+                            *run_overrides(ratio, settings, ratio > limit, train=False), "evaluation.run_ppl=false"],
+                     teacher=(teacher, tokenizer), log=lambda *a, **k: None, teacher_bpb=teacher_bpb)
 
 def _publish(out:Path, files:dict[str, bytes]) -> Path:
     "Write each file to a temporary name, then rename it into place: a failed run leaves earlier results untouched."

@@ -5,13 +5,14 @@
 # %% auto #0
 __all__ = ['Number', 'Integer', 'REMOVED_KEYS', 'ConfigSection', 'TargetsConfig', 'LraBranchConfig', 'KvBranchConfig',
            'BltBranchConfig', 'SparsityBranchConfig', 'BranchesConfig', 'DataConfig', 'CrossVocabConfig',
-           'DistillationConfig', 'ComputeConfig', 'FinetuneConfig', 'EvaluationConfig', 'StorageConfig',
+           'DistillationConfig', 'ComputeConfig', 'FinetuneConfig', 'EvaluationConfig', 'StorageConfig', 'ModelConfig',
            'LoggingConfig', 'HypercompressConfig', 'config_from_dict', 'config_to_dict', 'apply_overrides',
-           'load_config', 'dump_config']
+           'load_config', 'resolve_config', 'as_override', 'dump_config']
 
 # %% ../nbs/00_config.ipynb #37de9aec
 import copy
 import difflib
+import json
 import os
 import re
 import typing
@@ -325,6 +326,11 @@ class StorageConfig(ConfigSection):
     group_size: Integer = Field(64, ge=1) # values sharing one quantization scale
     cache_dir: str | None = None # the cache folder: teacher targets go in its targets/ folder; None = $HYPERCOMPRESS_CACHE, else ~/.cache/hypercompress
 
+class ModelConfig(ConfigSection):
+    "Which models the run starts from (model specs: a built-in name, a Hugging Face hub id or URL, a local folder or GGUF file, or a Hypercompress run's output)"
+    teacher: str = 'smollm2-135m' # the model compressed and distilled from; a Hypercompress run's output is made dense first (iterative compression)
+    student: str | None = None # start the compression from this smaller model instead of the teacher (same tokenizer); None = the teacher
+
 class LoggingConfig(ConfigSection):
     "Run name and metric sinks"
     experiment: str = 'hypercompress' # run name, used in folder names
@@ -337,6 +343,7 @@ class HypercompressConfig(ConfigSection):
     "Everything a compression run needs"
     mode: Literal['hybrid', 'lra', 'sparsity', 'distill-only'] = 'hybrid'
     seed: Integer = 0 # seed for every random generator of the run
+    model: ModelConfig = ModelConfig()
     targets: TargetsConfig = TargetsConfig()
     data: DataConfig = DataConfig()
     branches: BranchesConfig = BranchesConfig()
@@ -462,6 +469,20 @@ def load_config(path:str|os.PathLike|None=None, # YAML file; None = all defaults
         data = apply_overrides(data, overrides)
     source = ' + '.join(([str(path)] if path is not None else []) + (['overrides'] if overrides else [])) or None
     return config_from_dict(data, source)
+
+def resolve_config(config=None, # YAML path, a `HypercompressConfig`, or None for the defaults
+                   overrides:list[str]|None=None, # 'key.path=value' strings applied after it
+                  ) -> HypercompressConfig:
+    "A validated config from any of those, with the overrides applied (a config object is never changed in place)."
+    if not isinstance(config, HypercompressConfig): return load_config(config, overrides)
+    if not overrides: return config
+    return config_from_dict(apply_overrides(config_to_dict(config), overrides), 'config + overrides')
+
+def as_override(key:str, # dotted config key, e.g. 'model.teacher'
+                value, # any value a config holds
+               ) -> str:
+    "`key=value` with the value as JSON, which the override parser (YAML) reads back as the same value (a path with ': ' or '#' included)."
+    return f"{key}={json.dumps(value)}"
 
 # %% ../nbs/00_config.ipynb #b7710a94
 def dump_config(config:HypercompressConfig,

@@ -19,6 +19,7 @@ from .data import TokenChunks
 from .lora import add_lora, lora_ranks
 from .losses import (activation_loss, kl_loss, layer_map, next_token_cross_entropy, teacher_topk, topk_kl_ce,
                                   topk_kl_loss)
+from .layers import replace_module
 from .models import model_structure, process_state
 from .teacher_cache import TeacherCache, check_teacher_cache, load_teacher_cache, shared_teacher_topk
 from .train import (MetricSinks, StepLogging, TrainingDivergedError, TrainingLoop, budget_batches, torch_threads,
@@ -352,10 +353,9 @@ def truncated_copy(model:nn.Module,
     if not layers or not all(0 <= i < len(structure.layers) for i in layers):
         raise ValueError(f"layers {layers} must be a non-empty list of indices below {len(structure.layers)}")
     copied = copy.deepcopy(model)
-    parent, _, attribute = structure.layers_name.rpartition(".")
     stack = copied.get_submodule(structure.layers_name)
     kept = nn.ModuleList(stack[i] for i in layers)
-    setattr(copied.get_submodule(parent) if parent else copied, attribute, kept)
+    replace_module(copied, structure.layers_name, kept)
     for index, layer in enumerate(kept):
         for module in layer.modules():
             if hasattr(module, "layer_idx"): module.layer_idx = index  # the KV cache is indexed by position in the stack

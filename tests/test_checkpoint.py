@@ -13,12 +13,13 @@ from transformers.utils import logging as transformers_logging
 
 import hypercompress.checkpoint as checkpoint
 from hypercompress.blt import apply_blt
-from hypercompress.checkpoint import (CheckpointError, dequantize_groups, load, load_checkpoint, quantize_groups,
-                                      rebuild_from_recipe, save_checkpoint, storage_bytes, structure_recipe)
+from hypercompress.checkpoint import (CheckpointError, load, load_checkpoint,
+                                      save_checkpoint, storage_bytes)
 from hypercompress.config import load_config
 from hypercompress.kv import apply_kv_latent, kv_proposals
+from hypercompress.layers import FactorizedLinear, rebuild_from_recipe, structure_recipe
+from hypercompress.quantize import dequantize_groups, quantize_groups
 from hypercompress.models import build_tiny_model, count_parameters, iter_linears, linear_weight
-from hypercompress.structural import FactorizedLinear
 
 transformers_logging.set_verbosity_error()
 IDS = torch.tensor([list(b"To be, or not to be, that is the question")])

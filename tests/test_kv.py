@@ -6,8 +6,8 @@ import torch
 
 from hypercompress.branches import CompressionState, TensorProposal, registry, run_branches
 from hypercompress.config import load_config
-from hypercompress.kv import (LatentKVAttention, apply_kv_latent, check_latent_kv_support, generate_cache_report,
-                              kv_cache_bytes, kv_projections)
+from hypercompress.kv import apply_kv_latent, check_latent_kv_support, generate_cache_report, kv_cache_bytes, kv_projections
+from hypercompress.layers import LatentKVAttention
 from hypercompress.models import build_tiny_model, count_parameters
 
 

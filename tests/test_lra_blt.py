@@ -6,7 +6,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hypercompress.blt import BLTBranch, FactorizedEmbedding, FactorizedTiedHead, apply_blt, factorize_embedding
+from hypercompress.blt import BLTBranch, apply_blt, factorize_embedding
+from hypercompress.layers import FactorizedEmbedding, FactorizedTiedHead
 from hypercompress.branches import CompressionState, registry, run_branches
 from hypercompress.config import load_config
 from hypercompress.lra import (LRABranch, collect_grams, load_dense_factors, low_rank_factors, propose_low_rank, randomized_svd,

@@ -120,8 +120,8 @@ def test_interrupted_run_keeps_earlier_artifacts(corpus, tmp_path, monkeypatch):
     from hypercompress import checkpoint, pipeline
     out = tmp_path / "run"
     overrides = FAST + [f"logging.log_dir={tmp_path}/logs"]
-    pipeline.run_pipeline(None, teacher_model="tiny-llama", distill_data=str(corpus), ratio=2, seq_len=32,
-                          output_dir=str(out), overrides=overrides, log=lambda m: None)
+    pipeline.run_pipeline(None, ["model.teacher=tiny-llama", f"data.distill={corpus}", "targets.compression_ratio=2", "data.seq_len=32",
+                                 f"storage.checkpoint_dir={out}", *overrides], log=lambda m: None)
     before = digest(out)
     real_write = checkpoint.write_checkpoint
 
@@ -130,8 +130,8 @@ def test_interrupted_run_keeps_earlier_artifacts(corpus, tmp_path, monkeypatch):
         raise KeyboardInterrupt("simulated interruption")
     monkeypatch.setattr(checkpoint, "write_checkpoint", write_then_crash)
     with pytest.raises(KeyboardInterrupt):
-        pipeline.run_pipeline(None, teacher_model="tiny-llama", distill_data=str(corpus), ratio=3, seq_len=32,
-                              output_dir=str(out), overrides=overrides, log=lambda m: None)
+        pipeline.run_pipeline(None, ["model.teacher=tiny-llama", f"data.distill={corpus}", "targets.compression_ratio=3",
+                                     "data.seq_len=32", f"storage.checkpoint_dir={out}", *overrides], log=lambda m: None)
     assert digest(out) == before
     assert not [p for p in tmp_path.iterdir() if ".staging-" in p.name]
     assert not list(out.glob("versions/.staging-*")) and not (out / ".lock").exists()

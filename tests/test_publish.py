@@ -63,11 +63,11 @@ def run_args(out, corpus, ratio=2, extra=()):
             "--output-dir", str(out), *sets, "--json"]
 
 
-def run_here(out, corpus, ratio=2, extra=(), log=None, **kwargs):
+def run_here(out, corpus, ratio=2, extra=(), log=None, teacher="tiny-llama"):
     "The pipeline in this process (about a second on tiny-llama)."
     from hypercompress.pipeline import run_pipeline
-    return run_pipeline(None, teacher_model="tiny-llama", distill_data=str(corpus), ratio=ratio, seq_len=32, output_dir=str(out),
-                        overrides=FAST + list(extra), log=log or (lambda message: None), **kwargs)
+    return run_pipeline(None, [f"model.teacher={teacher}", f"data.distill={corpus}", f"targets.compression_ratio={ratio}",
+                               "data.seq_len=32", f"storage.checkpoint_dir={out}", *FAST, *extra], log=log or (lambda message: None))
 
 
 def one_line(result):
@@ -175,7 +175,7 @@ def test_rerun_without_hf_folder_serves_the_new_result(good, corpus, tmp_path):
         assert done.returncode == 0, done.stderr[-2000:]
         assert json.loads(done.stdout.strip().splitlines()[-1])["params"] == new["student_params"]
     assert not (out / "hf").exists() and (out / "tokenizer").is_dir()  # no link to the earlier run's hf/
-    again = run_here(tmp_path / "again", corpus, ratio=1.5, extra=[f"logging.log_dir={tmp_path}/logs"], teacher_checkpoint=str(out))
+    again = run_here(tmp_path / "again", corpus, ratio=1.5, extra=[f"logging.log_dir={tmp_path}/logs"], teacher=str(out))
     assert again["teacher_params"] == new["student_params"]
 
 

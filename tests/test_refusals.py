@@ -15,6 +15,14 @@ SAMPLE = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:
           "First Citizen:\nYou are all resolved rather to die than to famish?\n\n") * 60
 FAST = ["distillation.token_budget=1024", "distillation.batch_size=4", "finetune.max_tokens=512",
         "finetune.eval_every_tokens=256", "evaluation.seq_len=64"]
+
+
+def tiny_run(corpus, out):
+    "The overrides of a tiny-llama run at 2x on `corpus` into `out`."
+    return ["model.teacher=tiny-llama", f"data.distill={corpus}", "targets.compression_ratio=2", "data.seq_len=32",
+            f"storage.checkpoint_dir={out}"]
+
+
 IDS = torch.tensor([list(b"To be, or not to be, that is the question")])
 
 # Stock transformers in a process that cannot import hypercompress.
@@ -63,8 +71,7 @@ def saved(tmp_path_factory, corpus):
     "A run's output folder: a compressed tiny-llama (factorized linears, latent K/V) with its summary."
     from hypercompress.pipeline import run_pipeline
     out = tmp_path_factory.mktemp("saved") / "out"
-    run_pipeline(None, teacher_model="tiny-llama", distill_data=str(corpus), ratio=2, seq_len=32, output_dir=str(out),
-                 overrides=FAST + [f"logging.log_dir={out.parent}/logs"], log=lambda message: None)
+    run_pipeline(None, [*tiny_run(corpus, out), *FAST, f"logging.log_dir={out.parent}/logs"], log=lambda message: None)
     return out
 
 
@@ -138,17 +145,15 @@ def test_data_too_small_to_measure_is_marked(tmp_path):
     corpus = tmp_path / "small.txt"
     corpus.write_text(("First Citizen: Before we proceed any further, hear me speak. " * 4)[:200])
     lines = []
-    summary = run_pipeline(None, teacher_model="tiny-llama", distill_data=str(corpus), ratio=2, seq_len=32,
-                           output_dir=str(tmp_path / "out"), overrides=FAST + [f"logging.log_dir={tmp_path}/logs"], log=lines.append)
+    summary = run_pipeline(None, [*tiny_run(corpus, tmp_path / "out"), *FAST, f"logging.log_dir={tmp_path}/logs"], log=lines.append)
     assert (summary["eval_tokens"], summary["eval_bytes"], summary["eval_extent"]) == (20, 20, "all validation tokens")
     assert summary["too_small_to_measure"] is True and summary["retained_met"] is None and summary["retained"] is not None
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["eval_bytes"] == 20
     assert any("20 bytes, fewer than evaluation.min_eval_bytes=4,000" in line for line in lines), lines
     printed = "\n".join(summary_lines(summary))
     assert "too small to measure" in printed and "target 0.75" not in printed
-    capped = run_pipeline(None, teacher_model="tiny-llama", distill_data=str(corpus), ratio=2, seq_len=32,
-                          output_dir=str(tmp_path / "capped"), log=lambda message: None,
-                          overrides=FAST + ["evaluation.max_eval_tokens=8", f"logging.log_dir={tmp_path}/logs"])
+    capped = run_pipeline(None, [*tiny_run(corpus, tmp_path / "capped"), *FAST, "evaluation.max_eval_tokens=8",
+                                 f"logging.log_dir={tmp_path}/logs"], log=lambda message: None)
     assert (capped["eval_tokens"], capped["eval_bytes"], capped["eval_extent"]) == (8, 8, "first 8 validation tokens")
 
 

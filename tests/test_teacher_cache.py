@@ -44,8 +44,9 @@ def corpus(tmp_path):
 def test_second_run_does_not_run_the_teacher(corpus, tmp_path):
     teacher, tokenizer = build_tiny_model("tiny-llama", seed=1)
     overrides = CACHED + [f"storage.cache_dir={tmp_path / 'cache'}"]
-    def run(out, **kwargs): return run_pipeline(None, teacher_model=(teacher, tokenizer), distill_data=str(corpus), ratio=2,
-                                                seq_len=32, output_dir=str(tmp_path / out), overrides=overrides, log=quiet, **kwargs)
+    def run(out, **kwargs): return run_pipeline(None, [f"data.distill={corpus}", "targets.compression_ratio=2", "data.seq_len=32",
+                                                       f"storage.checkpoint_dir={tmp_path / out}", *overrides],
+                                                teacher=(teacher, tokenizer), log=quiet, **kwargs)
     first = run("one")
     assert first["training"]["distill"]["targets"] == "cache" and first["tokens"]["distill"] == 1024
     assert first["training"]["distill"]["teacher_train_bpb"] > 0
@@ -57,9 +58,9 @@ def test_second_run_does_not_run_the_teacher(corpus, tmp_path):
         changed = dict(temperature="distillation.temperature=1.0", k="distillation.top_k=4", text="data.max_chunks=20")
         for name, override in changed.items():  # another key: the teacher must run, so the refusing teacher fails
             with pytest.raises(AssertionError, match="the teacher ran"):
-                run_pipeline(None, teacher_model=(teacher, tokenizer), distill_data=str(corpus), ratio=2, seq_len=32,
-                             output_dir=str(tmp_path / name), overrides=overrides + [override], log=quiet,
-                             teacher_bpb=first["teacher_bpb"])
+                run_pipeline(None, [f"data.distill={corpus}", "targets.compression_ratio=2", "data.seq_len=32",
+                                    f"storage.checkpoint_dir={tmp_path / name}", *overrides, override],
+                             teacher=(teacher, tokenizer), log=quiet, teacher_bpb=first["teacher_bpb"])
     finally: handle.remove()
     assert second["student_bpb"] == first["student_bpb"]  # the same targets, the same student
     assert len(cache_entries(tmp_path / "cache")) == 1
