@@ -269,7 +269,7 @@ def _run_targets(args):
 
 # %% ../nbs/24_cli.ipynb #3670b794
 def _add_docs(subparsers):
-    from hypercompress.docs import add_docs_command  # the docs module imports only the standard library at the top
+    from hypercompress.site import add_docs_command  # the site module imports only the standard library at the top
     add_docs_command(subparsers)
 
 def _add_search(subparsers):

@@ -95,13 +95,11 @@ class MergedProposal:
         return W
 
 # %% ../nbs/16_merge.ipynb #58ad9220
-_OWNER_ORDER = ("kv", "lra") # a k/v pair from KV wins over LRA's; other branches' low-rank proposals come after
-
-def _low_rank_winner(claims:dict) -> tuple[str, object]|None:
-    "The branch whose low-rank proposal the weight keeps, by precedence."
+def _low_rank_winner(claims:dict, owner:str|None=None) -> tuple[str, object]|None:
+    "The branch whose low-rank proposal the weight keeps: the one that claimed it for the plan (`Plan.owners`), else the first by name."
     low = {b: p for b, p in claims.items() if p.kind == "low_rank"}
     if not low: return None
-    branch = next((b for b in _OWNER_ORDER if b in low), sorted(low)[0])
+    branch = owner if owner in low else sorted(low)[0]
     return branch, low[branch]
 
 def _needs_grams(plan, modules) -> list[str]:
@@ -137,6 +135,7 @@ def merge_proposals(source, # a `CompressionState`, or {branch name: BranchArtif
         for proposal in artifact.proposals: claims.setdefault(proposal.target, {})[branch] = proposal
     _check_planned(claims, plan)  # no silent fallback: a planned weight without a proposal is an error
     planned, residual = (getattr(plan, "ranks", {}) or {}), (getattr(plan, "residual_nnz", {}) or {})
+    owners = getattr(plan, "owners", {}) or {}
     grams = {k: (v["H"] if isinstance(v, dict) else v) for k, v in (grams or {}).items()}
     calibration = getattr(source, "calibration", None)
     wanted = [t for t in _needs_grams(plan, modules) if t not in grams]
@@ -145,7 +144,7 @@ def merge_proposals(source, # a `CompressionState`, or {branch name: BranchArtif
         grams.update(collect_grams(model, calibration, wanted))
     merged = {}
     for target, by_branch in claims.items():
-        merged[target] = record = _merge_one(target, by_branch, planned, residual, modules, grams, refit)
+        merged[target] = record = _merge_one(target, by_branch, planned, residual, modules, grams, refit, owners.get(target))
         settings = getattr(artifacts.get(record.sources[0]), "metadata", {}) or {}
         record.metadata.update({k: settings[k] for k in ("cache_tokens", "sink_tokens") if k in settings})
     if log:
@@ -164,14 +163,14 @@ def _with_residual(record:MergedProposal, module, nnz:int, gram, refit:bool) -> 
     record.error = output_error(W, record.dense(), gram)
     return record
 
-def _merge_one(target, by_branch:dict, planned:dict, residual:dict, modules:dict, grams:dict, refit:bool) -> MergedProposal:
+def _merge_one(target, by_branch:dict, planned:dict, residual:dict, modules:dict, grams:dict, refit:bool, owner:str|None=None) -> MergedProposal:
     "The merged record of one weight."
     embedding = next(((b, p) for b, p in by_branch.items() if p.kind == "embedding_low_rank"), None)
     if embedding:
         b, p = embedding
         return MergedProposal(target, "embedding_low_rank", p.tensors["A"], p.tensors["B"], rank=p.rank, sources=[b],
                               error=p.error, metadata=dict(p.metadata))
-    winner = _low_rank_winner(by_branch)
+    winner = _low_rank_winner(by_branch, owner)
     masks = {b: p for b, p in by_branch.items() if p.kind == "mask"}
     if winner is None:
         if not masks: raise ValueError(f"{target}: no proposal of a kind the merge knows ({sorted(p.kind for p in by_branch.values())})")

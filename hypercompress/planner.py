@@ -74,6 +74,7 @@ class Plan:
     reasons: list[str] = field(default_factory=list)
     residual_nnz: dict[str, int] = field(default_factory=dict) # module -> stored values of its sparse residual
     kv_modules: list[str] = field(default_factory=list) # factorized k/v projections (owned by the KV branch)
+    owners: dict[str, str] = field(default_factory=dict) # module -> the branch that claimed it (the merge keeps that branch's factors)
     predicted_nonzeros: int = 0 # parameters minus the entries the masks zero
     nonzero_ratio: float = 1.0 # teacher_params / predicted_nonzeros
     minimum_params: int = 0 # the smallest count this architecture allows
@@ -373,7 +374,7 @@ def _finish(model, config, candidates, chosen, teacher, budget, minimum, reasons
                   residual_density=config.branches.lra.sparsity, structural=structural, teacher_params=teacher,
                   target_ratio=ratio, max_reachable_ratio=teacher / minimum["total"], reasons=reasons,
                   residual_nnz={n: by_name[n].residual for n in ranks if by_name[n].residual},
-                  kv_modules=kv_modules, minimum_params=minimum["total"], budget=budget)
+                  kv_modules=kv_modules, owners={n: by_name[n].owner for n in ranks}, minimum_params=minimum["total"], budget=budget)
     result.predicted_params = predicted_parameters(model, result)
     expected = teacher - sum(c.params for c in candidates) + sum(c.cost(chosen.get(c.name)) for c in candidates)
     if structural: assert result.predicted_params == expected, (result.predicted_params, expected)

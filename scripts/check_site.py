@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from hypercompress.docs import _PROGRESS, _WARNING, notebook_paths, page_name
+from hypercompress.docs import notebook_paths, page_name
+from hypercompress.site import _PROGRESS, _WARNING
 
 CHROMIUM_CANDIDATES = ["/usr/lib/chromium/chromium", "chromium", "chromium-browser", "google-chrome", "google-chrome-stable"]
 

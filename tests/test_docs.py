@@ -10,7 +10,8 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from hypercompress.docs import build_site, notebook_paths, page_name
+from hypercompress.docs import notebook_paths, page_name
+from hypercompress.site import build_site
 
 ROOT = Path(__file__).resolve().parent.parent
 NBS = ROOT / "nbs"
@@ -121,7 +122,7 @@ def test_site_in_a_browser(site, tmp_path):
 
 def test_docs_command(tmp_path, capsys):
     import argparse
-    from hypercompress.docs import add_docs_command
+    from hypercompress.site import add_docs_command
     nbs = tmp_path / "nbs"
     nbs.mkdir()
     shutil.copy(NBS / "index.ipynb", nbs)
