@@ -5,9 +5,9 @@
 # %% auto #0
 __all__ = ['Number', 'Integer', 'REMOVED_KEYS', 'ConfigSection', 'TargetsConfig', 'LraBranchConfig', 'KvBranchConfig',
            'BltBranchConfig', 'SparsityBranchConfig', 'BranchesConfig', 'DataConfig', 'CrossVocabConfig',
-           'DistillationConfig', 'ComputeConfig', 'FinetuneConfig', 'EvaluationConfig', 'StorageConfig', 'ModelConfig',
-           'LoggingConfig', 'HypercompressConfig', 'config_from_dict', 'config_to_dict', 'apply_overrides',
-           'load_config', 'resolve_config', 'as_override', 'dump_config']
+           'DistillationConfig', 'ComputeConfig', 'FinetuneConfig', 'EvaluationConfig', 'StorageConfig', 'DesignConfig',
+           'ModelConfig', 'LoggingConfig', 'HypercompressConfig', 'config_from_dict', 'config_to_dict',
+           'apply_overrides', 'load_config', 'resolve_config', 'as_override', 'dump_config']
 
 # %% ../nbs/00_config.ipynb #37de9aec
 import copy
@@ -326,6 +326,12 @@ class StorageConfig(ConfigSection):
     group_size: Integer = Field(64, ge=1) # values sharing one quantization scale
     cache_dir: str | None = None # the cache folder: teacher targets go in its targets/ folder; None = $HYPERCOMPRESS_CACHE, else ~/.cache/hypercompress
 
+class DesignConfig(ConfigSection):
+    "The shape of a designed student (when the teacher's own architecture cannot reach the target; nbs/30, nbs/33)"
+    head_dim: Integer | None = Field(None, ge=1) # d of each attention head; None = the teacher's (whole heads can be copied from it)
+    aspect_ratio: Number | None = Field(None, gt=0) # target width / depth; None = the teacher's (SmolLM2: 576 / 30 = 19.2)
+    mlp_ratio: Number | None = Field(None, gt=0) # MLP width / model width before the leftover budget widens the MLP; None = the teacher's
+
 class ModelConfig(ConfigSection):
     "Which models the run starts from (model specs: a built-in name, a Hugging Face hub id or URL, a local folder or GGUF file, or a Hypercompress run's output)"
     teacher: str = 'smollm2-135m' # the model compressed and distilled from; a Hypercompress run's output is made dense first (iterative compression)
@@ -345,6 +351,7 @@ class HypercompressConfig(ConfigSection):
     seed: Integer = 0 # seed for every random generator of the run
     model: ModelConfig = ModelConfig()
     targets: TargetsConfig = TargetsConfig()
+    design: DesignConfig = DesignConfig()
     data: DataConfig = DataConfig()
     branches: BranchesConfig = BranchesConfig()
     compute: ComputeConfig = ComputeConfig()

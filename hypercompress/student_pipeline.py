@@ -91,7 +91,9 @@ def planned_student(teacher, # the teacher (a Llama-style causal LM)
     reasons = list(reasons or [])
     try:
         vocab, why = choose_vocabulary(tokenizer, teacher.config, config, budget)
-        shape = design_student(budget, teacher.config, len(vocab) if vocab is not None else teacher.config.vocab_size)
+        shape = design_student(budget, teacher.config, len(vocab) if vocab is not None else teacher.config.vocab_size,
+                               aspect_ratio=config.design.aspect_ratio, mlp_ratio=config.design.mlp_ratio,
+                               head_dim=config.design.head_dim)
     except (ValueError, AttributeError, KeyError) as error:
         raise TargetNotReachableError(f"target {ratio:g}x is not reachable: " + "; ".join(reasons + [
             f"no student fits either: {error}"])) from error
