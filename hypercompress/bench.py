@@ -73,26 +73,18 @@ def sparsity_for_nonzeros(model:nn.Module, budget:int) -> float:
     if not 0 <= s < 1: raise ValueError(f"{budget:,} nonzeros cannot be reached by pruning the matrices alone (s = {s:.4f})")
     return s
 
-@torch.no_grad()
 def input_norms(model:nn.Module, # the model whose matrices' inputs are measured
                 matrices:dict[str, nn.Module], # from `prunable_matrices`
                 calibration:torch.Tensor, # (n, seq_len) token ids
                ) -> dict[str, torch.Tensor]:
     "‖X_j‖₂ over the calibration tokens of each matrix's input features (the final hidden state for the embedding)."
-    sums, hooks = {}, []
+    from hypercompress.branches import collect_input_norms
     head, embedding = model.get_output_embeddings(), model.get_input_embeddings()
-    def hook(name):
-        def record(module, args, output):
-            x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
-            sums[name] = sums.get(name, 0) + (x * x).sum(0)
-        return record
-    for name, module in matrices.items():
-        target = head if module is embedding else module  # the embedding's "input" is what the tied head reads
-        hooks.append(target.register_forward_hook(hook(name)))
-    try: model(calibration)
-    finally:
-        for h in hooks: h.remove()
-    return {name: s.sqrt().float() for name, s in sums.items()}
+    names = {module: name for name, module in model.named_modules()}
+    measured = {name: names[head if module is embedding else module]  # the embedding's "input" is what the tied head reads
+                for name, module in matrices.items()}
+    norms = collect_input_norms(model, calibration, list(measured.values()), batch_size=len(calibration))  # one pass
+    return {name: norms[module_name] for name, module_name in measured.items()}
 
 @torch.no_grad()
 def prune_at_nonzeros(model:nn.Module, # the teacher (copied, not changed)
@@ -552,20 +544,19 @@ def speed_results(teacher, tokenizer, train:str, val:str,
     "Phase times of the hypercompress runs, SVD timings, training throughput (live teacher, cached targets, ceilings), inference."
     from hypercompress.branches import calibration_ids
     from hypercompress.checkpoint import load as load_saved
-    summaries = phases
     result = dict(phases={f"{ratio}x": seconds for ratio, seconds in phases.items()})
     log("SVD timings...")
     calibration = calibration_ids(tokenizer, train, settings.calibration_sequences, settings.seq_len)
     result["svd"] = svd_timings(teacher, settings.svd_rank_fraction, calibration if settings.svd_whitened else None)
     limit = reachable_ratio(teacher)
-    branch = [ratio for ratio in summaries if ratio <= limit]
+    branch = [ratio for ratio in phases if ratio <= limit]
     if branch:  # teacher top-k targets need the teacher's vocabulary: the students of the teacher's architecture
         log("training throughput...")
         students = {f"{ratio}x": load_saved(work / f"{ratio}x-untrained")[0] for ratio in branch}
         result["training"] = training_throughput(teacher, tokenizer, students, train, settings.cache_tokens, settings.seq_len,
                                                  settings.batch_size, log=log)
     log("inference...")
-    models = {"teacher": (teacher, tokenizer)} | {f"{ratio}x": load_saved(work / f"{ratio}x-untrained") for ratio in summaries}
+    models = {"teacher": (teacher, tokenizer)} | {f"{ratio}x": load_saved(work / f"{ratio}x-untrained") for ratio in phases}
     inference = {}
     for name, (model, model_tokenizer) in models.items():
         per_token = _bytes_per_token(model_tokenizer, val[:20_000])

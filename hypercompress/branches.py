@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['BUILT_IN_BRANCHES', 'registry', 'TensorProposal', 'BranchArtifact', 'CompressionState', 'CompressionBranch',
-           'BranchRegistry', 'run_branches', 'collect_input_grams', 'input_column_norms', 'calibration_ids',
-           'config_calibration']
+           'BranchRegistry', 'run_branches', 'collect_input_grams', 'input_column_norms', 'collect_input_norms',
+           'calibration_ids', 'config_calibration']
 
 # %% ../nbs/09_branches.ipynb #4be7233f
 from dataclasses import dataclass, field
@@ -142,24 +142,20 @@ def _input_matrix(module:nn.Module, inputs) -> torch.Tensor:
     return x.reshape(-1, x.shape[-1])
 
 @torch.no_grad()
-def collect_input_grams(model:nn.Module, # model to run
-                        calibration:torch.Tensor, # (n_sequences, seq_len) token ids
-                        module_names:list[str], # names of the 2-D weight modules to collect for
-                        batch_size:int=4, # sequences per forward pass
-                       ) -> dict[str, dict]:
-    "Per module: `H` = XᵀX (float64, in×in), `n_tokens`, from one pass over `calibration`."
+def _accumulate_inputs(model, calibration, module_names, batch_size, statistic) -> dict[str, dict]:
+    "Per module: the sum over `calibration`'s batches of `statistic(X)` (X its float64 input matrix), and `n_tokens`."
     modules = dict(model.named_modules())
     missing = [n for n in module_names if n not in modules]
     if missing: raise KeyError(f"no module named {missing[0]!r} in the model")
-    stats = {n: dict(H=None, n_tokens=0) for n in module_names}
+    stats = {n: dict(total=None, n_tokens=0) for n in module_names}
     def hook(name):
         def accumulate(module, inputs, output):
             X = _input_matrix(module, inputs).double()
-            H = X.T @ X
-            stats[name]["H"] = H if stats[name]["H"] is None else stats[name]["H"] + H
+            value = statistic(X)
+            stats[name]["total"] = value if stats[name]["total"] is None else stats[name]["total"] + value
             stats[name]["n_tokens"] += X.shape[0]
         return accumulate
-    handles = [modules[n].register_forward_hook(hook(n)) for n in module_names]
+    handles = [modules[n].register_forward_hook(hook(n)) for n in dict.fromkeys(module_names)]
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -170,9 +166,27 @@ def collect_input_grams(model:nn.Module, # model to run
         model.train(was_training)
     return stats
 
+def collect_input_grams(model:nn.Module, # model to run
+                        calibration:torch.Tensor, # (n_sequences, seq_len) token ids
+                        module_names:list[str], # names of the 2-D weight modules to collect for
+                        batch_size:int=4, # sequences per forward pass
+                       ) -> dict[str, dict]:
+    "Per module: `H` = XᵀX (float64, in×in), `n_tokens`, from one pass over `calibration`."
+    stats = _accumulate_inputs(model, calibration, module_names, batch_size, lambda X: X.T @ X)
+    return {n: dict(H=s["total"], n_tokens=s["n_tokens"]) for n, s in stats.items()}
+
 def input_column_norms(stats:dict) -> torch.Tensor:
     "‖X_j‖₂ for each input feature j, from accumulated statistics."
     return stats["H"].diagonal().clamp_min(0).sqrt()
+
+def collect_input_norms(model:nn.Module, # model to run
+                        calibration:torch.Tensor, # (n_sequences, seq_len) token ids
+                        module_names:list[str], # names of the modules whose inputs are measured
+                        batch_size:int=4, # sequences per forward pass
+                       ) -> dict[str, torch.Tensor]:
+    "‖X_j‖₂ of each module's input features (float32), without the in×in Gram: Wanda's activation norms for many matrices."
+    stats = _accumulate_inputs(model, calibration, module_names, batch_size, lambda X: (X * X).sum(0))
+    return {n: s["total"].sqrt().float() for n, s in stats.items()}
 
 # %% ../nbs/09_branches.ipynb #677ab228
 def calibration_ids(tokenizer, # the model's tokenizer

@@ -194,7 +194,7 @@ class KVBranch(CompressionBranch):
         "The k and v projections, when `branches.kv.enabled` and the layers have them separately."
         structure = model_structure(model)
         if not kv_owns_projections(structure, config): return []
-        return [matrix_candidate(name, role, module, fixed_rank=config.branches.kv.rank)
+        return [matrix_candidate(name, role, module, fixed_rank=config.branches.kv.rank, latent_cache=True)
                 for role, name, module in decoder_matrices(structure) if role in ("k", "v")]
     def _config(self, state): return getattr(getattr(state.config, "branches", None), "kv", None)
     def enabled(self, state) -> bool: return bool(getattr(self._config(state), "enabled", False))

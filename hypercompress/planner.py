@@ -73,7 +73,7 @@ class Plan:
     max_reachable_ratio: float = 1.0 # this architecture at rank 1 everywhere
     reasons: list[str] = field(default_factory=list)
     residual_nnz: dict[str, int] = field(default_factory=dict) # module -> stored values of its sparse residual
-    kv_modules: list[str] = field(default_factory=list) # factorized k/v projections (owned by the KV branch)
+    kv_modules: list[str] = field(default_factory=list) # factorized matrices whose latents are the KV cache (`Candidate.latent_cache`)
     owners: dict[str, str] = field(default_factory=dict) # module -> the branch that claimed it (the merge keeps that branch's factors)
     predicted_nonzeros: int = 0 # parameters minus the entries the masks zero
     nonzero_ratio: float = 1.0 # teacher_params / predicted_nonzeros
@@ -191,6 +191,7 @@ class Candidate:
     fixed_rank: int|None = None # set by config (lra.rank, kv.rank, blt.latent_dim / embedding_reduction)
     energy: Tensor|None = None
     owner: str = "" # the branch that claimed it (and proposes its factors)
+    latent_cache: bool = False # its rank-r latent is what the KV cache stores (pure low-rank: structural builds latent attention)
 
     @property
     def rank_cost(self) -> int: return self.n_in + self.n_out
@@ -368,7 +369,7 @@ def _finish(model, config, candidates, chosen, teacher, budget, minimum, reasons
     sparsity = {c.name: mask for c in dense_decoder} if mask > 0 else {}
     if config.branches.sparsity.enabled and mask > 0 and not sparsity:
         reasons.append("every decoder matrix is factorized: no dense weight is left for sparsity masks")
-    kv_modules = [n for n in ranks if by_name[n].owner == "kv"]
+    kv_modules = [n for n in ranks if by_name[n].latent_cache]  # whichever branch claims them, not a name
     result = Plan(ranks=ranks, latent_dim=latent_dim, kv_rank=_median([ranks[n] for n in kv_modules]),
                   lra_rank=_median([r for n, r in ranks.items() if n not in kv_modules]), sparsity=sparsity,
                   residual_density=config.branches.lra.sparsity, structural=structural, teacher_params=teacher,
