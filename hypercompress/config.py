@@ -193,6 +193,7 @@ class TargetsConfig(ConfigSection):
     compression_ratio: Number = Field(10.0, ge=1, le=10000) # teacher size / student size
     retained_accuracy: Number = Field(0.75, ge=0, le=1) # fraction of the teacher's score to keep
     max_rank_fraction: Number = Field(0.5, ge=0.001, le=0.5) # largest rank of any factor, as a fraction of full rank
+    relative_to: Literal['teacher', 'original'] = 'teacher' # whose parameter count the ratio divides: the loaded teacher's, or the original teacher's when model.teacher is an earlier run's output (a teacher assistant: 135M → 100× → 1000×)
 
 # %% ../nbs/00_config.ipynb #44732344
 class LraBranchConfig(ConfigSection):
@@ -287,6 +288,8 @@ class DistillationConfig(ConfigSection):
     teacher_targets: Literal['auto', 'cache', 'live'] = 'auto' # cache: the teacher's top-k targets computed once; live: the teacher runs every step; auto: cache when top_k ≥ 1 and no activation is matched
     hierarchical_lora: bool = False # train LoRA adapters on the factors rather than the factors
     student_init: Literal['teacher', 'random'] = 'teacher' # a designed student starts from the teacher's parts (Minitron) or at random
+    weight_decay: Number = Field(0.0, ge=0) # AdamW's decoupled weight decay (regularisation for small students on small data)
+    eval_every_tokens: Integer | None = Field(None, ge=1) # evaluate on the dev slice of the training split every N tokens and keep the best weights (early stopping with finetune.patience / ppl_tolerance); None = no evaluation
     cross_vocab: CrossVocabConfig = CrossVocabConfig() # how targets are computed when the student's vocabulary differs
 
 class ComputeConfig(ConfigSection):
@@ -329,6 +332,8 @@ class StorageConfig(ConfigSection):
 class DesignConfig(ConfigSection):
     "The shape of a designed student (when the teacher's own architecture cannot reach the target; nbs/30, nbs/33)"
     head_dim: Integer | None = Field(None, ge=1) # d of each attention head; None = the teacher's (whole heads can be copied from it)
+    num_heads: Integer | None = Field(None, ge=1) # h query heads splitting the width, d = D / h (nanoGPT's convention; head_dim is then unused); None = as many heads of head_dim as the width holds
+    num_kv_heads: Integer | None = Field(None, ge=1) # key/value heads with num_heads (dividing it); None = num_heads
     aspect_ratio: Number | None = Field(None, gt=0) # target width / depth; None = the teacher's (SmolLM2: 576 / 30 = 19.2)
     mlp_ratio: Number | None = Field(None, gt=0) # MLP width / model width before the leftover budget widens the MLP; None = the teacher's
 

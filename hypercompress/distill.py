@@ -22,8 +22,8 @@ from .losses import (activation_loss, kl_loss, layer_map, next_token_cross_entro
 from .layers import replace_module
 from .models import model_structure, process_state
 from .teacher_cache import TeacherCache, check_teacher_cache, load_teacher_cache, shared_teacher_topk
-from .train import (MetricSinks, StepLogging, TrainingDivergedError, TrainingLoop, budget_batches, torch_threads,
-                                 training_forward, training_precision)
+from .train import (EarlyStopping, Evaluation, MetricSinks, StepLogging, TrainingDivergedError, TrainingLoop,
+                                 budget_batches, torch_threads, training_forward, training_precision)
 # Older callers import the cache format from here: `hypercompress.teacher_cache` is where it lives.
 from .teacher_cache import CACHE_FORMAT, save_teacher_cache  # noqa: F401
 
@@ -49,6 +49,8 @@ class DistillResult:
     precision: str = "fp32" # 'bf16' (autocast over fp32 weights) or 'fp32'
     targets: str = "" # 'cache' (top-k targets read from a cache), 'live' (the teacher in the loop) or 'none'
     targets_check: dict|None = None # cross-vocabulary targets: the leak check's numbers (`xvocab.targets_report`)
+    dev_curve: list[dict]|None = None # with distillation.eval_every_tokens: tokens, train_loss, val_bpb (on the dev slice), val_ppl
+    best_dev_tokens: int|None = None # tokens after which the dev BPB was best (those weights are the student's)
 
     def to_dict(self) -> dict: return asdict(self)
 
@@ -217,6 +219,7 @@ def distill(teacher, # teacher model, a `TeacherCache`, the path of a cache writ
             lora_rank:int=16, # r of the first third of the layers when `hierarchical_lora`
             snapshot_every:int=10, # steps between in-memory snapshots of the trainable weights
             progress:bool=True, # show a tqdm bar
+            dev_text:str|None=None, # held-out slice of the training text: evaluated every `distillation.eval_every_tokens`
            ) -> DistillResult:
     "Distil `teacher` into `student` for exactly `distillation.token_budget` tokens."
     settings = config.distillation
@@ -243,15 +246,17 @@ def distill(teacher, # teacher model, a `TeacherCache`, the path of a cache writ
     logging = config.logging if main else config.logging.model_copy(update=dict(tensorboard=False, enable_wandb=False))
     sinks = MetricSinks(logging, "distill", log, run_config=config.model_dump())
     targets = "cache" if isinstance(source, TeacherCache) else "live" if source is not None else "none"
-    loop, trainable, run = None, {}, None
+    loop, trainable, run, evaluation = None, {}, None, None
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch_threads(config.compute.threads):
         torch.manual_seed(config.seed)
         run = _Distiller(source, student, config, lora_rank)
         try:
             trainable = run.trainable()
+            evaluation = _dev_evaluation(student, tokenizer, dev_text, trainable, config, sinks, log) if main else None
             loop = TrainingLoop(student, trainable, train_chunks.input_ids, plan, run.terms, run.weights, settings.learning_rate,
-                                precision, [StepLogging(sinks)], snapshot_every, state, phase="distillation", noun="student",
-                                rate_key="distillation.learning_rate", progress=progress)
+                                precision, [StepLogging(sinks), *([evaluation] if evaluation else [])], snapshot_every, state,
+                                phase="distillation", noun="student", rate_key="distillation.learning_rate", progress=progress,
+                                weight_decay=settings.weight_decay)
             log(f"distilling {budget:,} tokens in {len(plan)} steps: loss = " +
                 " + ".join(f"{w:g}·{term}" for term, w in run.weights.items()) +
                 (f"; hierarchical LoRA ranks {run.lora_ranks}" if run.adapters else "; all student parameters") +
@@ -259,6 +264,7 @@ def distill(teacher, # teacher model, a `TeacherCache`, the path of a cache writ
                 f"; {'bf16 autocast over fp32 weights' if precision == 'bf16' else 'fp32'}" +
                 (f"; data-parallel over {state.num_processes} processes" if state.num_processes > 1 else ""))
             loop.run()
+            if evaluation is not None: evaluation.restore_best()  # the best dev weights are the student's
         except TrainingDivergedError as error:
             error.result = _result(loop, budget, train_chunks, trainable, run, val_before, precision, targets)
             raise
@@ -268,6 +274,7 @@ def distill(teacher, # teacher model, a `TeacherCache`, the path of a cache writ
             student.train(was_training)
             sinks.close()
     result = _result(loop, budget, train_chunks, trainable, run, val_before, precision, targets)
+    if evaluation is not None: result.dev_curve, result.best_dev_tokens = evaluation.curve, evaluation.best_tokens
     if val_text: result.val_bpb_after = _val_bpb(student, tokenizer, val_text, eval_seq_len, val_max_tokens)
     log(f"distilled {result.tokens:,} tokens ({result.epochs_trained:.2f} epochs of {result.epoch_tokens:,}) in {result.seconds:.1f} s "
         f"({result.tokens_per_second:,.0f} tokens/s), final loss {result.curve[-1]['loss']:.4f}" +
@@ -275,6 +282,18 @@ def distill(teacher, # teacher model, a `TeacherCache`, the path of a cache writ
     return result
 
 _TARGETS = dict(cache="KL on cached top-{k} teacher targets", live="the teacher in the loop", none="no teacher")
+
+def _dev_evaluation(student, tokenizer, dev_text, trainable, config, sinks, log) -> Evaluation|None:
+    "The early-stopping callback on the dev slice when `distillation.eval_every_tokens` asks for one (None otherwise)."
+    every = config.distillation.eval_every_tokens
+    if every is None: return None
+    if not dev_text: raise ValueError("distillation.eval_every_tokens needs a dev slice of the training text (dev_text)")
+    from hypercompress.evaluate import evaluate_bpb
+    def evaluate(): return evaluate_bpb(student, tokenizer, dev_text, seq_len=config.evaluation.seq_len, finite=False)
+    log(f"   evaluating on the dev slice of the training text ({len(dev_text):,} characters) every {every:,} tokens, "
+        f"patience {config.finetune.patience}")
+    return Evaluation(evaluate, every, EarlyStopping(config.finetune.patience, config.finetune.ppl_tolerance),
+                      dict(trainable), sinks, log)
 
 def _result(loop, budget, chunks, trainable, run, val_before, precision, targets) -> DistillResult:
     curve, tokens = (loop.curve, loop.tokens) if loop is not None else ([], 0)

@@ -277,7 +277,7 @@ class RunContext:
     teacher: torch.nn.Module
     tokenizer: object
     base: torch.nn.Module # what the teacher's-architecture route compresses (the teacher, made dense, or `model.student`)
-    teacher_params: int
+    teacher_params: int # the count the target ratio divides (the original teacher's under targets.relative_to: original)
     calibration: torch.Tensor
     texts: dict
     log: object
@@ -308,7 +308,7 @@ class FactorizeRoute:
         config = run.config
         chunks = make_chunks(run.tokenizer, run.texts["train"], config.data.seq_len, config.data.stride, config.data.max_chunks)
         targets = distillation_targets(run.teacher, chunks, config, log=run.log)
-        return distill(targets, student.model, run.tokenizer, chunks, config, log=run.log), targets, chunks
+        return distill(targets, student.model, run.tokenizer, chunks, config, log=run.log, dev_text=run.texts["dev"]), targets, chunks
 
 class DesignRoute:
     "A smaller student designed for the budget (`planned_student`), distilled across vocabularies (`distill_student`), nbs/33."
@@ -323,7 +323,7 @@ class DesignRoute:
         "(DistillResult, None, None): the targets live in the cross-vocabulary cache, not in the teacher's vocabulary."
         from hypercompress.student_pipeline import distill_student
         return distill_student(run.teacher, run.tokenizer, student.vocab, student.model, run.texts["train"], run.config,
-                               log=run.log), None, None
+                               log=run.log, dev_text=run.texts["dev"]), None, None
 
 def routes(config:HypercompressConfig) -> list:
     "The routes a run tries, in order: the teacher's own architecture, then a designed student (only that under `mode: distill-only`)."
@@ -377,7 +377,11 @@ def _run(config:HypercompressConfig, texts:dict, output_dir:Path, process, *, te
                 raise ValueError(f"model.student={config.model.student} has a vocabulary of {len(base_tokenizer)}, the teacher "
                                  f"{len(tokenizer)}: distillation here needs the same tokenizer")
         calibration = config_calibration(tokenizer, texts["train"], config)
-    context = RunContext(config, teacher, tokenizer, base, teacher_params, calibration, texts, log, timer)
+    # the ratio divides the original teacher's count when asked and known (a teacher assistant is an earlier run's output)
+    reference = origin.get("teacher_params", teacher_params) if config.targets.relative_to == "original" else teacher_params
+    if reference != teacher_params:
+        log(f"   the ratio is against the original teacher ({reference:,} parameters): budget {math.floor(reference / config.targets.compression_ratio):,}")
+    context = RunContext(config, teacher, tokenizer, base, reference, calibration, texts, log, timer)
 
     # The teacher's own architecture first; when no plan of it reaches the target (or mode is distill-only), a
     # smaller student is designed instead (`hypercompress.student_pipeline`, nbs/33).

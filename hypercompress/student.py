@@ -125,9 +125,10 @@ def _teacher_sizes(teacher_config) -> dict:
                 num_kv_heads=getattr(teacher_config, "num_key_value_heads", None) or teacher_config.num_attention_heads,
                 head_dim=_head_dim(teacher_config), intermediate_size=teacher_config.intermediate_size)
 
-def _shape(vocab_size, width, layers, head_dim, teacher, mlp_ratio, multiple, budget) -> StudentShape:
-    "The rule-1-to-3 shape of one (width, depth)."
-    heads, kv_heads = student_heads(width, head_dim, teacher["num_heads"], teacher["num_kv_heads"])
+def _shape(vocab_size, width, layers, head_dim, teacher, mlp_ratio, multiple, budget, num_heads=None, num_kv_heads=None) -> StudentShape:
+    "The rule-1-to-3 shape of one (width, depth); with `num_heads`, h is fixed and d = D / h (rule 1b)."
+    if num_heads: heads, kv_heads, head_dim = num_heads, num_kv_heads or num_heads, width // num_heads
+    else: heads, kv_heads = student_heads(width, head_dim, teacher["num_heads"], teacher["num_kv_heads"])
     mlp = _round_to(mlp_ratio * width, multiple, multiple, max(multiple, teacher["intermediate_size"]))
     return StudentShape(vocab_size, width, layers, heads, kv_heads, head_dim, mlp, budget=budget)
 
@@ -151,6 +152,8 @@ def design_student(budget:int, # most parameters the student may have (teacher c
                    aspect_ratio:float|None=None, # target D/L; None: the teacher's (SmolLM2: 576/30 = 19.2)
                    mlp_ratio:float|None=None, # I/D before the leftover widens the MLP; None: the teacher's
                    head_dim:int|None=None, # d; None: the teacher's, so whole heads can be copied
+                   num_heads:int|None=None, # h fixed, with d = D/h (rule 1b); None: rules 1 and 2
+                   num_kv_heads:int|None=None, # h_kv with `num_heads` (dividing it); None: h (multi-head attention)
                    width_multiple:int=8, # D and I are multiples of this
                    max_mlp_ratio:float=4.0, # the leftover widens the MLP up to this I/D (and the teacher's I)
                   ) -> StudentShape:
@@ -161,7 +164,12 @@ def design_student(budget:int, # most parameters the student may have (teacher c
     aspect_ratio = aspect_ratio or teacher["hidden_size"] / teacher["num_layers"]
     mlp_ratio = mlp_ratio or teacher["intermediate_size"] / teacher["hidden_size"]
     widths = sorted({*range(width_multiple, teacher["hidden_size"] + 1, width_multiple), teacher["hidden_size"]})
-    def shape(width, layers): return _shape(vocab_size, width, layers, head_dim, teacher, mlp_ratio, width_multiple, budget)
+    if num_heads:  # rule 1b: widths that split into h whole heads
+        if num_kv_heads and num_heads % num_kv_heads: raise ValueError(f"num_heads={num_heads} is not a multiple of num_kv_heads={num_kv_heads}")
+        widths = [w for w in widths if w % num_heads == 0 and w // num_heads % 2 == 0]  # rotary embeddings rotate pairs
+        if not widths: raise ValueError(f"no width up to the teacher's {teacher['hidden_size']} splits into num_heads={num_heads} heads of an even dimension")
+    def shape(width, layers):
+        return _shape(vocab_size, width, layers, head_dim, teacher, mlp_ratio, width_multiple, budget, num_heads, num_kv_heads)
     best = None
     for layers in range(1, teacher["num_layers"] + 1):
         fitting = [w for w in widths if shape(w, layers).predicted_parameters <= budget]  # counts grow with the width

@@ -344,11 +344,12 @@ class TrainingLoop:
                  state=None, # `process_state()` under `accelerate launch`; None = one process
                  phase:str="training", noun:str="model", rate_key:str="learning_rate", # words of the divergence message
                  progress:bool=True, # a tqdm bar counting tokens
+                 weight_decay:float=0.0, # AdamW's decoupled weight decay λ (Loshchilov & Hutter 2019)
                 ):
         self.model, self.trainable, self.input_ids, self.plan, self.terms = model, trainable, input_ids, plan, terms
         self.weights, self.learning_rate, self.precision, self.callbacks = weights, learning_rate, precision, list(callbacks)
         self.snapshot_every, self.state, self.progress = snapshot_every, state, progress
-        self.phase, self.noun, self.rate_key = phase, noun, rate_key
+        self.phase, self.noun, self.rate_key, self.weight_decay = phase, noun, rate_key, weight_decay
         if precision not in ("bf16", "fp32"): raise ValueError(f"precision={precision!r} must be 'bf16' or 'fp32' (see training_precision)")
 
     def run(self) -> "TrainingLoop":
@@ -356,7 +357,10 @@ class TrainingLoop:
         model, device, seq_len = self.model, next(self.model.parameters()).device, self.input_ids.shape[1]
         parameters = list(self.trainable.values())
         _broadcast(self.state, [*model.state_dict().values(), *parameters])
-        optimizer = torch.optim.AdamW(parameters, lr=self.learning_rate, weight_decay=0.0)
+        # as nanoGPT: matrices (and embeddings) decay, gains and biases do not
+        groups = [dict(params=[p for p in parameters if p.dim() >= 2], weight_decay=self.weight_decay),
+                  dict(params=[p for p in parameters if p.dim() < 2], weight_decay=0.0)]
+        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=self.learning_rate)
         warmup = warmup_steps(len(self.plan))
         guard, masked = DivergenceGuard(self.trainable, warmup, self.snapshot_every), masked_weights(model)
         rank, world = (self.state.process_index, self.state.num_processes) if _distributed(self.state) else (0, 1)
