@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['LM_EVAL_TASKS', 'PhaseTimer', 'compress', 'summarize', 'summary_lines', 'summary_markdown', 'run_lm_eval',
-           'preflight', 'planned_bytes', 'check_against_teacher', 'RunContext', 'Student', 'FactorizeRoute',
-           'DesignRoute', 'routes', 'run_pipeline', 'ablate']
+           'check_design', 'preflight', 'planned_bytes', 'check_against_teacher', 'RunContext', 'Student',
+           'FactorizeRoute', 'DesignRoute', 'routes', 'run_pipeline', 'ablate']
 
 # %% ../nbs/22_pipeline.ipynb #42b18fc5
 import copy
@@ -22,7 +22,7 @@ import torch
 from .branches import CompressionState, config_calibration, run_branches
 from .config import HypercompressConfig, resolve_config
 from .data import encode_text, load_text, make_chunks, split_text, text_bytes
-from .errors import DataError
+from .errors import ConfigError, DataError
 from .evaluate import evaluate_bpb
 from .layers import densify
 from .models import count_nonzero, count_parameters, process_state
@@ -207,6 +207,15 @@ def _texts(config:HypercompressConfig) -> dict:
     return texts
 
 # %% ../nbs/22_pipeline.ipynb #aba5e0ab
+def check_design(config:HypercompressConfig):
+    "The design section's combinations a designed student cannot honour, refused by key before any heavy work."
+    design = config.design
+    if design.num_kv_heads is not None and design.num_heads is None:
+        raise ConfigError("design.num_kv_heads is read only with design.num_heads (set both, or neither)")
+    if design.num_heads is not None and config.distillation.student_init == "teacher":
+        raise ConfigError("design.num_heads splits the width into heads the teacher does not have; a teacher-initialised "
+                          "student copies whole teacher heads: set distillation.student_init=random, or drop design.num_heads")
+
 def preflight(config:HypercompressConfig, output_dir:Path, log=print) -> dict:
     "What a run checks before any heavy work (the output folder, the experiment name, the data); returns the text splits."
     from hypercompress.checkpoint import check_output_dir, storage_settings
@@ -214,6 +223,7 @@ def preflight(config:HypercompressConfig, output_dir:Path, log=print) -> dict:
     storage_settings(config)  # the experiment names files: a plain file name
     from hypercompress.distill import targets_mode  # a later module; only its settings check is needed here
     targets_mode(config)  # cached targets asked for with settings a cache cannot serve: refused now, by key
+    check_design(config)
     texts = _texts(config)
     for split, name in (("train", "training"), ("val", "validation")):
         if not texts[split].strip(): raise DataError(f"{config.data.distill}: the {name} split holds no text")

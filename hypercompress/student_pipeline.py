@@ -182,15 +182,17 @@ def distill_student(teacher, # the teacher model
     if vocab is None:
         chunks = make_chunks(tokenizer, train_text, data.seq_len, data.stride, data.max_chunks)
         return distill(teacher, student, tokenizer, chunks, config, log=log, dev_text=dev_text)
-    if same_symbols(tokenizer, vocab.tokenizer):  # e.g. a byte-level teacher assistant and a byte student: no beam needed
+    same = same_symbols(tokenizer, vocab.tokenizer)  # e.g. a byte-level teacher assistant and a byte student: no beam needed
+    config = config.model_copy(deep=True)
+    if settings.activation_weight or config.branches.kv.activation_matching_weight:
+        log("   activation matching off: " + ("the teacher's cached top-k targets are used, not its hidden states" if same else
+                                             "across vocabularies the teacher's and student's positions do not align"))
+        config.distillation.activation_weight, config.branches.kv.activation_matching_weight = 0.0, 0.0
+    if same:
         log(f"   the teacher's vocabulary is the student's ({len(vocab):,} symbols): its own top-k targets, no cross-vocabulary beam")
         chunks = make_chunks(vocab.tokenizer, train_text, data.seq_len, data.stride, data.max_chunks)
         targets = distillation_targets(teacher, chunks, config, log=log)
         return distill(targets, student, vocab.tokenizer, chunks, config, log=log, dev_text=dev_text)
-    config = config.model_copy(deep=True)
-    if settings.activation_weight or config.branches.kv.activation_matching_weight:
-        log("   activation matching off: across vocabularies the teacher's and student's positions do not align")
-        config.distillation.activation_weight, config.branches.kv.activation_matching_weight = 0.0, 0.0
     chunks, path, report = cross_vocab_targets(teacher, tokenizer, vocab, train_text, config, log=log)
     result = distill(path, student, vocab.tokenizer, chunks, config, log=log, dev_text=dev_text)
     result.targets_check = report

@@ -95,6 +95,8 @@ def test_iterative_two_steps(corpus, tmp_path):
     (["--set", "targets.compression_ratio=0.5"], "between 1 and 10000"),
     (["--teacher-model", "no/such/model"], "no/such/model"),
     (["--ratio", "1000"], "not reachable"),
+    (["--set", "design.num_heads=2"], "design.num_heads"),  # a teacher-initialised student cannot split the teacher's heads
+    (["--set", "design.num_kv_heads=1"], "design.num_kv_heads"),
 ])
 def test_bad_input_clear_error(args, expected, corpus, tmp_path):
     base = ["run", "--teacher-model", "tiny-llama", "--distill-data", str(corpus), "--output-dir", str(tmp_path / "out"),

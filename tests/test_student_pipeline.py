@@ -82,3 +82,26 @@ def test_targets_check_stops_the_run(bpe_teacher, tmp_path):
     line = result.stderr.strip().splitlines()[-1]
     assert "cross-vocabulary targets score" in line and "better than the teacher's own" in line and "Traceback" not in result.stderr
     assert "Distilling" in result.stdout and not (out / "summary.json").exists()  # stopped in the distillation phase, nothing published
+
+
+def test_teacher_assistant_chain(bpe_teacher, tmp_path):
+    "135M → assistant → student in small: a byte student teaches a smaller byte student, with the ratio against the original teacher."
+    from hypercompress.checkpoint import load
+    from hypercompress.models import count_parameters
+    corpus, common = bpe_teacher.parent / "corpus.txt", ["mode=distill-only", "branches.blt.enabled=true", "branches.blt.vocab=bytes",
+                                                         "distillation.cross_vocab.leak_tolerance=10", "distillation.student_init=random"]
+    assistant = tmp_path / "assistant"
+    first = designed_run(bpe_teacher, assistant, corpus, *common, "targets.compression_ratio=3")
+    assert first.returncode == 0, first.stderr[-3000:]
+    original = json.loads((assistant / "summary.json").read_text())["teacher_params"]
+    out = tmp_path / "hop"
+    sets = [a for s in FAST + [*common, "targets.compression_ratio=6", "targets.relative_to=original"] for a in ("--set", s)]
+    second = hypercompress("run", "--teacher-checkpoint", str(assistant), "--distill-data", str(corpus), "--seq-len", "32",
+                           "--output-dir", str(out), *sets, "--json", cwd=tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "against the original teacher" in second.stdout and "no cross-vocabulary beam" in second.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    model, _ = load(out / "hf")
+    assert summary["origin"]["teacher_params"] == original and summary["student_params"] == count_parameters(model) <= original // 6
+    assert summary["teacher_params"] == json.loads((assistant / "summary.json").read_text())["student_params"]  # the assistant taught
+    assert summary["origin"]["param_ratio"] >= 6
