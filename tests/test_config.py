@@ -55,6 +55,9 @@ def test_1000x_targets():
     assert config.branches.blt.enabled and config.branches.blt.vocab == 'bytes'
     assert config.distillation.student_init == 'random'  # measured in nbs/33: the teacher's initialisation hurt at 1000x
     assert config.distillation.learning_rate == pytest.approx(3e-3)
+    # the recipe of nbs/33: heads of 28 splitting width 56, KL alone, two windows a step, early stopping on the dev slice
+    assert (config.design.num_heads, config.distillation.ce_weight, config.distillation.batch_size) == (2, 0.0, 2)
+    assert config.distillation.eval_every_tokens == 1_000_000 and config.distillation.weight_decay == 0
 
 
 def test_defaults():
