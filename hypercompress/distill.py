@@ -293,7 +293,7 @@ def _dev_evaluation(student, tokenizer, dev_text, trainable, config, sinks, log)
     log(f"   evaluating on the dev slice of the training text ({len(dev_text):,} characters) every {every:,} tokens, "
         f"patience {config.finetune.patience}")
     return Evaluation(evaluate, every, EarlyStopping(config.finetune.patience, config.finetune.ppl_tolerance),
-                      dict(trainable), sinks, log)
+                      dict(trainable), sinks, log, split="dev")
 
 def _result(loop, budget, chunks, trainable, run, val_before, precision, targets) -> DistillResult:
     curve, tokens = (loop.curve, loop.tokens) if loop is not None else ([], 0)

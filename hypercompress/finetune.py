@@ -50,6 +50,7 @@ def finetune(model:nn.Module, # trained in place; ends with its best evaluated w
              eval_batch_size:int=4, # windows per validation forward pass
              progress:bool=True, # show a tqdm bar
              on_evaluation=None, # called as on_evaluation(tokens, val_bpb) after each evaluation; may raise to stop (e.g. Optuna pruning)
+             eval_split:str="validation", # what `val_text` is, as the log names it: 'validation', or 'dev' (a slice of the training text)
             ) -> FinetuneResult:
     "Fine-tune with cross-entropy up to `finetune.max_tokens` tokens, early stopping on val perplexity, best weights restored."
     settings, start = config.finetune, time.perf_counter()
@@ -68,9 +69,9 @@ def finetune(model:nn.Module, # trained in place; ends with its best evaluated w
 
     sinks = MetricSinks(config.logging, "finetune", log, run_config=config.model_dump())
     evaluation = Evaluation(evaluate, settings.eval_every_tokens, EarlyStopping(settings.patience, settings.ppl_tolerance),
-                            dict(model.named_parameters()), sinks, log, on_evaluation)
+                            dict(model.named_parameters()), sinks, log, on_evaluation, split="val" if eval_split == "validation" else eval_split)
     log(f"fine-tuning up to {budget:,} tokens in {len(plan)} steps, evaluating every {settings.eval_every_tokens:,} tokens"
-        f" on {'all' if eval_max_tokens is None else f'the first {eval_max_tokens:,}'} validation tokens"
+        f" on {'all' if eval_max_tokens is None else f'the first {eval_max_tokens:,}'} {eval_split} tokens"
         + ("; bf16 autocast over fp32 weights" if precision == "bf16" else ""))
     forward, loop = training_forward(model, config.compute.compile), None
 

@@ -417,7 +417,8 @@ def _run(config:HypercompressConfig, texts:dict, output_dir:Path, process, *, te
     if not process.is_main_process: return None
     ft_chunks = make_chunks(student.tokenizer, texts["finetune_train"], config.data.seq_len, config.data.stride, config.data.max_chunks)
     with timer.phase("finetune", "🔧 Fine-tuning..."), keep_if_diverged():
-        tuned = finetune(student.model, student.tokenizer, ft_chunks, texts["finetune_dev"], config, log=log, on_evaluation=on_evaluation)
+        tuned = finetune(student.model, student.tokenizer, ft_chunks, texts["finetune_dev"], config, log=log, on_evaluation=on_evaluation,
+                         eval_split="dev")  # the held-out slice of the training text: the validation split is never trained or selected on
 
     staging = new_staging(output_dir)  # inside the output folder: publishing it is one rename and one pointer switch
     try:

@@ -289,8 +289,10 @@ class Evaluation(Callback):
                  sinks=None, # `MetricSinks` for val_bpb, val_ppl and the training loss since the last evaluation
                  log=print,
                  on_evaluation=None, # called as on_evaluation(tokens, val_bpb); may raise to stop (pruning)
+                 split:str="val", # which text `evaluate` scores, as the log lines name it ('val', or 'dev' for a slice of the training text)
                 ):
         self.evaluate, self.every_tokens, self.stopper, self.sinks, self.log = evaluate, every_tokens, stopper, sinks, log
+        self.split = split
         self.on_evaluation, self.best = on_evaluation, Snapshot(weights)
         self.curve, self.best_bpb, self.best_tokens, self.next_eval, self.seen = [], math.inf, 0, every_tokens, 0
 
@@ -307,7 +309,7 @@ class Evaluation(Callback):
             self.best_bpb, self.best_tokens = result["bpb"], loop.tokens
             self.best.take()
         self.stopper.update(result["ppl"])
-        self.log(f"  {loop.tokens:>9,} tokens: val BPB {result['bpb']:.4f} (ppl {result['ppl']:.2f})"
+        self.log(f"  {loop.tokens:>9,} tokens: {self.split} BPB {result['bpb']:.4f} (ppl {result['ppl']:.2f})"
                  + (f", train loss {train_loss:.4f}" if train_loss is not None else "") + (" *" if self.best_tokens == loop.tokens else ""))
         if self.on_evaluation is not None: self.on_evaluation(loop.tokens, result["bpb"])
         return self.stopper.stop
