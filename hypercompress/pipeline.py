@@ -212,6 +212,8 @@ def check_design(config:HypercompressConfig):
     design = config.design
     if design.num_kv_heads is not None and design.num_heads is None:
         raise ConfigError("design.num_kv_heads is read only with design.num_heads (set both, or neither)")
+    if design.num_kv_heads is not None and design.num_heads % design.num_kv_heads:
+        raise ConfigError(f"design.num_heads={design.num_heads} is not a multiple of design.num_kv_heads={design.num_kv_heads} (GQA groups)")
     if design.num_heads is not None and config.distillation.student_init == "teacher":
         raise ConfigError("design.num_heads splits the width into heads the teacher does not have; a teacher-initialised "
                           "student copies whole teacher heads: set distillation.student_init=random, or drop design.num_heads")

@@ -97,6 +97,7 @@ def test_iterative_two_steps(corpus, tmp_path):
     (["--ratio", "1000"], "not reachable"),
     (["--set", "design.num_heads=2"], "design.num_heads"),  # a teacher-initialised student cannot split the teacher's heads
     (["--set", "design.num_kv_heads=1"], "design.num_kv_heads"),
+    (["--set", "design.num_heads=4", "--set", "design.num_kv_heads=3", "--set", "distillation.student_init=random"], "design.num_kv_heads=3"),
 ])
 def test_bad_input_clear_error(args, expected, corpus, tmp_path):
     base = ["run", "--teacher-model", "tiny-llama", "--distill-data", str(corpus), "--output-dir", str(tmp_path / "out"),
