@@ -5,9 +5,9 @@
 # %% auto #0
 __all__ = ['Number', 'Integer', 'REMOVED_KEYS', 'ConfigSection', 'TargetsConfig', 'LraBranchConfig', 'KvBranchConfig',
            'BltBranchConfig', 'SparsityBranchConfig', 'BranchesConfig', 'DataConfig', 'CrossVocabConfig',
-           'DistillationConfig', 'ComputeConfig', 'FinetuneConfig', 'EvaluationConfig', 'StorageConfig', 'DesignConfig',
-           'ModelConfig', 'LoggingConfig', 'HypercompressConfig', 'config_from_dict', 'config_to_dict',
-           'apply_overrides', 'load_config', 'resolve_config', 'as_override', 'dump_config']
+           'TeacherWrittenConfig', 'DistillationConfig', 'ComputeConfig', 'FinetuneConfig', 'EvaluationConfig',
+           'StorageConfig', 'DesignConfig', 'ModelConfig', 'LoggingConfig', 'HypercompressConfig', 'config_from_dict',
+           'config_to_dict', 'apply_overrides', 'load_config', 'resolve_config', 'as_override', 'dump_config']
 
 # %% ../nbs/00_config.ipynb #37de9aec
 import copy
@@ -273,6 +273,15 @@ class CrossVocabConfig(ConfigSection):
     leak_tolerance: Number = Field(0.02, ge=0) # stop when the targets score this much better (BPB) than the teacher on that text
     lossy_tolerance: Number = Field(0.10, ge=0) # stop when they score this much worse
 
+class TeacherWrittenConfig(ConfigSection):
+    "Text the teacher writes from training-split prompts, labelled like the real text and mixed into distillation (nbs/32a)"
+    windows: Integer = Field(0, ge=0) # training windows (data.seq_len student tokens each) of teacher-written text; 0 = none
+    fraction: Number = Field(0.25, gt=0, lt=1) # share of each step's windows drawn from it (the rest from the real split)
+    temperature: Number = Field(1.0, gt=0) # T the teacher samples at
+    prompt_tokens: Integer = Field(32, ge=1) # teacher tokens of a random training-split passage each sample continues (not kept)
+    new_tokens: Integer = Field(256, ge=1) # teacher tokens written per sample (fewer when it writes its end-of-text token)
+    batch_size: Integer = Field(32, ge=1) # samples written at once
+
 class DistillationConfig(ConfigSection):
     "Knowledge distillation from the teacher"
     enabled: bool = True
@@ -291,6 +300,7 @@ class DistillationConfig(ConfigSection):
     weight_decay: Number = Field(0.0, ge=0) # AdamW's decoupled weight decay (regularisation for small students on small data)
     eval_every_tokens: Integer | None = Field(None, ge=1) # evaluate on the dev slice of the training split every N tokens and keep the best weights (early stopping with finetune.patience / ppl_tolerance); None = no evaluation
     cross_vocab: CrossVocabConfig = CrossVocabConfig() # how targets are computed when the student's vocabulary differs
+    teacher_written: TeacherWrittenConfig = TeacherWrittenConfig() # extra training text the teacher writes (off at windows 0)
 
 class ComputeConfig(ConfigSection):
     "How training uses the machine"

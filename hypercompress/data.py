@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['KNOWN_CORPORA', 'cache_dir', 'download_url', 'resolve_text_path', 'load_text', 'TextSplits', 'split_text',
-           'encode_text', 'text_bytes', 'TokenChunks', 'make_chunks', 'describe_split', 'fetch_corpus']
+           'encode_text', 'text_bytes', 'TokenChunks', 'join_chunks', 'make_chunks', 'describe_split', 'fetch_corpus']
 
 # %% ../nbs/02_data.ipynb #065370d2
 import hashlib
@@ -139,6 +139,10 @@ class TokenChunks:
         "Yield (batch_size, seq_len) batches; a seeded shuffle when `shuffle`."
         order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed)) if shuffle else torch.arange(len(self))
         for start in range(0, len(self), batch_size): yield self.input_ids[order[start:start + batch_size]]
+
+def join_chunks(*parts:TokenChunks) -> TokenChunks:
+    "The windows of `parts` in order, one after another (their texts' sizes added): e.g. the real split's, then extra ones."
+    return TokenChunks(torch.cat([p.input_ids for p in parts]), sum(p.tokens for p in parts), sum(p.bytes for p in parts))
 
 # %% ../nbs/02_data.ipynb #6dc73bff
 def make_chunks(tokenizer, # a Hugging Face tokenizer

@@ -23,7 +23,7 @@ from .layers import replace_module
 from .models import model_structure, process_state
 from .teacher_cache import TeacherCache, check_teacher_cache, load_teacher_cache, shared_teacher_topk
 from .train import (EarlyStopping, Evaluation, MetricSinks, StepLogging, TrainingDivergedError, TrainingLoop,
-                                 budget_batches, torch_threads, training_forward, training_precision)
+                                 mixed_batches, torch_threads, training_forward, training_precision)
 # Older callers import the cache format from here: `hypercompress.teacher_cache` is where it lives.
 from .teacher_cache import CACHE_FORMAT, save_teacher_cache  # noqa: F401
 
@@ -45,12 +45,14 @@ class DistillResult:
     val_bpb_before: float|None = None
     val_bpb_after: float|None = None
     epoch_tokens: int = 0 # tokens in one pass over the training windows
-    epochs_trained: float = 0.0 # tokens / epoch_tokens: passes over the training text, fractional
+    epochs_trained: float = 0.0 # real tokens read / epoch_tokens: passes over the (real) training text, fractional
     precision: str = "fp32" # 'bf16' (autocast over fp32 weights) or 'fp32'
     targets: str = "" # 'cache' (top-k targets read from a cache), 'live' (the teacher in the loop) or 'none'
     targets_check: dict|None = None # cross-vocabulary targets: the leak check's numbers (`xvocab.targets_report`)
     dev_curve: list[dict]|None = None # with distillation.eval_every_tokens: tokens, train_loss, val_bpb (on the dev slice), val_ppl
     best_dev_tokens: int|None = None # tokens after which the dev BPB was best (those weights are the student's)
+    teacher_written_tokens: int = 0 # of `tokens`, those read from teacher-written windows (nbs/32a)
+    teacher_written_passes: float = 0.0 # teacher_written_tokens / the teacher-written windows' tokens
 
     def to_dict(self) -> dict: return asdict(self)
 
@@ -220,6 +222,7 @@ def distill(teacher, # teacher model, a `TeacherCache`, the path of a cache writ
             snapshot_every:int=10, # steps between in-memory snapshots of the trainable weights
             progress:bool=True, # show a tqdm bar
             dev_text:str|None=None, # held-out slice of the training text: evaluated every `distillation.eval_every_tokens`
+            teacher_written:int=0, # the last N windows of `train_chunks` are teacher-written: `distillation.teacher_written.fraction` of each step's
            ) -> DistillResult:
     "Distil `teacher` into `student` for exactly `distillation.token_budget` tokens."
     settings = config.distillation
@@ -238,7 +241,8 @@ def distill(teacher, # teacher model, a `TeacherCache`, the path of a cache writ
     state = process_state()  # one process, or one of N under `accelerate launch`
     main = state.is_main_process
     if not main: log, val_text, progress = (lambda *a, **k: None), None, False  # process 0 reports for all
-    plan = list(budget_batches(len(train_chunks), seq_len, settings.batch_size, budget, config.seed))
+    real = len(train_chunks) - teacher_written
+    plan = list(mixed_batches(real, teacher_written, seq_len, settings.batch_size, budget, settings.teacher_written.fraction, config.seed))
     precision = training_precision(config.compute.precision, device)
     eval_seq_len = config.evaluation.seq_len
     val_before = _val_bpb(student, tokenizer, val_text, eval_seq_len, val_max_tokens) if val_text else None
@@ -266,17 +270,19 @@ def distill(teacher, # teacher model, a `TeacherCache`, the path of a cache writ
             loop.run()
             if evaluation is not None: evaluation.restore_best()  # the best dev weights are the student's
         except TrainingDivergedError as error:
-            error.result = _result(loop, budget, train_chunks, trainable, run, val_before, precision, targets)
+            error.result = _result(loop, budget, train_chunks, trainable, run, val_before, precision, targets, real, plan)
             raise
         finally:
             run.close()
             for p, flag in flags.items(): p.requires_grad_(flag)
             student.train(was_training)
             sinks.close()
-    result = _result(loop, budget, train_chunks, trainable, run, val_before, precision, targets)
+    result = _result(loop, budget, train_chunks, trainable, run, val_before, precision, targets, real, plan)
     if evaluation is not None: result.dev_curve, result.best_dev_tokens = evaluation.curve, evaluation.best_tokens
     if val_text: result.val_bpb_after = _val_bpb(student, tokenizer, val_text, eval_seq_len, val_max_tokens)
-    log(f"distilled {result.tokens:,} tokens ({result.epochs_trained:.2f} epochs of {result.epoch_tokens:,}) in {result.seconds:.1f} s "
+    written = (f" + {result.teacher_written_tokens:,} teacher-written tokens, {result.teacher_written_passes:.2f} passes over "
+               f"{teacher_written * seq_len:,}") if teacher_written else ""
+    log(f"distilled {result.tokens:,} tokens ({result.epochs_trained:.2f} epochs of {result.epoch_tokens:,}{written}) in {result.seconds:.1f} s "
         f"({result.tokens_per_second:,.0f} tokens/s), final loss {result.curve[-1]['loss']:.4f}" +
         (f"; val BPB {val_before:.4f} → {result.val_bpb_after:.4f}" if val_text else ""))
     return result
@@ -295,13 +301,26 @@ def _dev_evaluation(student, tokenizer, dev_text, trainable, config, sinks, log)
     return Evaluation(evaluate, every, EarlyStopping(config.finetune.patience, config.finetune.ppl_tolerance),
                       dict(trainable), sinks, log, split="dev")
 
-def _result(loop, budget, chunks, trainable, run, val_before, precision, targets) -> DistillResult:
+def _written_tokens(plan, real:int, seq_len:int, steps:int) -> int:
+    "Tokens counted in the teacher-written windows (index ≥ real) over the first `steps` steps of `plan`."
+    total = 0
+    for windows, n_tokens, _ in plan[:steps]:
+        for position, window in enumerate(windows.tolist()):
+            if window >= real: total += max(0, min(seq_len, n_tokens - position * seq_len))
+    return total
+
+def _result(loop, budget, chunks, trainable, run, val_before, precision, targets, real=None, plan=()) -> DistillResult:
     curve, tokens = (loop.curve, loop.tokens) if loop is not None else ([], 0)
-    seconds, epoch_tokens = (loop.train_seconds if loop is not None else 0.0), chunks.input_ids.numel()
+    seq_len = chunks.input_ids.shape[1]
+    real = len(chunks) if real is None else real
+    written = _written_tokens(plan, real, seq_len, len(curve)) if real < len(chunks) else 0
+    seconds, epoch_tokens = (loop.train_seconds if loop is not None else 0.0), real * seq_len
     return DistillResult(tokens, budget, len(curve), (curve[-1]["epoch"] + 1) if curve else 0, curve, seconds,
                          tokens / seconds if seconds > 0 else 0.0, (loop.reason if loop is not None else None) or "token_budget",
                          sum(p.numel() for p in trainable.values()), run.weights, run.lora_ranks, val_before, None,
-                         epoch_tokens, tokens / epoch_tokens, precision, targets)
+                         epoch_tokens, (tokens - written) / epoch_tokens, precision, targets,
+                         teacher_written_tokens=written,
+                         teacher_written_passes=written / ((len(chunks) - real) * seq_len) if written else 0.0)
 
 # %% ../nbs/20_distill.ipynb #5ac37fb8
 def _activation_keys(config) -> list[str]:

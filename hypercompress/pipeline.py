@@ -21,7 +21,7 @@ import torch
 
 from .branches import CompressionState, config_calibration, run_branches
 from .config import HypercompressConfig, resolve_config
-from .data import encode_text, load_text, make_chunks, split_text, text_bytes
+from .data import encode_text, join_chunks, load_text, make_chunks, split_text, text_bytes
 from .errors import ConfigError, DataError
 from .evaluate import evaluate_bpb
 from .layers import densify
@@ -317,10 +317,15 @@ class FactorizeRoute:
     def distill(self, student:Student, run:RunContext):
         "(DistillResult, targets, training windows): targets from the shared cache, or the teacher in the loop."
         from hypercompress.distill import distill, distillation_targets
+        from hypercompress.teacher_text import configured_teacher_text, written_chunks
         config = run.config
         chunks = make_chunks(run.tokenizer, run.texts["train"], config.data.seq_len, config.data.stride, config.data.max_chunks)
-        targets = distillation_targets(run.teacher, chunks, config, log=run.log)
-        return distill(targets, student.model, run.tokenizer, chunks, config, log=run.log, dev_text=run.texts["dev"]), targets, chunks
+        text = configured_teacher_text(run.teacher, run.tokenizer, run.tokenizer, run.texts["train"], config, log=run.log)
+        extra = written_chunks(run.tokenizer, text, config) if text is not None else None
+        windows = join_chunks(chunks, extra) if extra is not None else chunks  # the real windows first, then the teacher's
+        targets = distillation_targets(run.teacher, windows, config, log=run.log)
+        return distill(targets, student.model, run.tokenizer, windows, config, log=run.log, dev_text=run.texts["dev"],
+                       teacher_written=len(extra) if extra is not None else 0), targets, chunks
 
 class DesignRoute:
     "A smaller student designed for the budget (`planned_student`), distilled across vocabularies (`distill_student`), nbs/33."
@@ -459,8 +464,9 @@ def _targets_fields(distilled) -> dict:
 def _training_record(distilled, tuned, targets, chunks) -> dict:
     "How much each phase trained, in tokens and in epochs of its windows, from what, at which precision."
     from hypercompress.teacher_cache import TeacherCache
-    nll = targets.teacher_nll() if isinstance(targets, TeacherCache) else None
+    nll = targets.teacher_nll(first=len(chunks)) if isinstance(targets, TeacherCache) else None  # on the real windows
     return dict(distill=dict(tokens=distilled.tokens, epoch_tokens=distilled.epoch_tokens, epochs=distilled.epochs_trained,
+                             teacher_written_tokens=distilled.teacher_written_tokens,
                              targets=distilled.targets, precision=distilled.precision, tokens_per_second=distilled.tokens_per_second,
                              teacher_train_bpb=nll / math.log(2) * chunks.tokens_per_byte if nll is not None else None),
                 finetune=dict(tokens=tuned.tokens, epoch_tokens=tuned.epoch_tokens, epochs=tuned.epochs_trained,

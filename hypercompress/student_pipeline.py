@@ -13,12 +13,14 @@ from dataclasses import asdict, dataclass, field
 import torch
 from transformers import LlamaForCausalLM
 
-from .data import make_chunks
+from .data import join_chunks, make_chunks
 from .distill import distill, distillation_targets
 from .errors import TargetNotReachableError
 from .models import count_parameters
 from .student import design_student, init_from_teacher, teacher_importance
 from .vocab import StudentVocab, byte_vocab, student_vocab
+from .teacher_cache import join_teacher_caches, load_teacher_cache
+from .teacher_text import configured_teacher_text, written_chunks
 from .train import training_precision
 from .xvocab import cached_xvocab_targets, check_targets, targets_report
 
@@ -130,14 +132,17 @@ def cross_vocab_targets(teacher, # the teacher model
                         config, # `HypercompressConfig`: distillation (k, T, budget, cross_vocab), data, compute, storage
                         log=print,
                         progress:bool=True,
+                        windows:int|None=None, # windows to label (None: what distillation.token_budget reads of the text)
+                        what:str="training", # what the text is, for the log: 'training' or 'teacher-written'
                        ) -> tuple:
     """(training windows, cached targets' path, leak-check report): exact next-symbol targets from the shared cache
     (the covering beam runs once per key, `hypercompress.xvocab`), checked against the teacher on the text they cover;
     `TargetsError` when they score better than the teacher by more than `cross_vocab.leak_tolerance` or worse by more
     than `cross_vocab.lossy_tolerance`."""
     settings, data, cross = config.distillation, config.data, config.distillation.cross_vocab
-    windows = math.ceil(settings.token_budget / data.seq_len)  # the cache covers what the budget reads (epochs repeat)
-    if data.max_chunks is not None: windows = min(windows, data.max_chunks)
+    if windows is None:
+        windows = math.ceil(settings.token_budget / data.seq_len)  # the cache covers what the budget reads (epochs repeat)
+        if data.max_chunks is not None: windows = min(windows, data.max_chunks)
     k = min(settings.top_k or len(vocab), len(vocab))
     precision = training_precision(config.compute.precision, next(teacher.parameters()).device)
     beam = dict(beam=cross.beam, threshold=cross.threshold, floor=cross.floor, recombine=cross.recombine,
@@ -152,7 +157,7 @@ def cross_vocab_targets(teacher, # the teacher model
         check_path = cached_xvocab_targets(teacher, tokenizer, vocab, train_text, data.seq_len, k, 1.0, check_windows, **common)[1]
     report = check_targets(targets_report(check_path, cross.check_bytes), cross.leak_tolerance, cross.lossy_tolerance)
     log(f"   exact targets over {len(vocab):,} student symbols for {len(chunks):,} windows of {data.seq_len} (top {k}); "
-        f"leak check on {report['check_bytes']:,} training bytes: targets {report['targets_bpb']:.4f} BPB "
+        f"leak check on {report['check_bytes']:,} {what} bytes: targets {report['targets_bpb']:.4f} BPB "
         f"(full rows {report['full_targets_bpb']:.4f}), teacher {report['teacher_bpb_on_targets_slice']:.4f}")
     return chunks, path, report
 
@@ -175,13 +180,18 @@ def distill_student(teacher, # the teacher model
     student_tokenizer = vocab.tokenizer if vocab is not None else tokenizer
     if not settings.enabled or settings.token_budget == 0:  # nothing to train: `distill` says so, and the teacher never runs
         return distill(None, student, student_tokenizer, [], config, log=log)
+    written_text = configured_teacher_text(teacher, tokenizer, student_tokenizer, train_text, config, log=log)
+    def with_written(chunks):  # (the real windows, then the teacher-written ones; how many of those)
+        if written_text is None: return chunks, 0
+        extra = written_chunks(student_tokenizer, written_text, config)
+        return join_chunks(chunks, extra), len(extra)
     if settings.kl_weight == 0 and settings.activation_weight == 0:  # no teacher signal at all: do not run the teacher
         log("   no teacher signal (distillation.kl_weight = activation_weight = 0): cross-entropy only, from the data")
-        chunks = make_chunks(student_tokenizer, train_text, data.seq_len, data.stride, data.max_chunks)
-        return distill(None, student, student_tokenizer, chunks, config, log=log, dev_text=dev_text)
+        chunks, n = with_written(make_chunks(student_tokenizer, train_text, data.seq_len, data.stride, data.max_chunks))
+        return distill(None, student, student_tokenizer, chunks, config, log=log, dev_text=dev_text, teacher_written=n)
     if vocab is None:
-        chunks = make_chunks(tokenizer, train_text, data.seq_len, data.stride, data.max_chunks)
-        return distill(teacher, student, tokenizer, chunks, config, log=log, dev_text=dev_text)
+        chunks, n = with_written(make_chunks(tokenizer, train_text, data.seq_len, data.stride, data.max_chunks))
+        return distill(teacher, student, tokenizer, chunks, config, log=log, dev_text=dev_text, teacher_written=n)
     same = same_symbols(tokenizer, vocab.tokenizer)  # e.g. a byte-level teacher assistant and a byte student: no beam needed
     config = config.model_copy(deep=True)
     if settings.activation_weight or config.branches.kv.activation_matching_weight:
@@ -190,10 +200,17 @@ def distill_student(teacher, # the teacher model
         config.distillation.activation_weight, config.branches.kv.activation_matching_weight = 0.0, 0.0
     if same:
         log(f"   the teacher's vocabulary is the student's ({len(vocab):,} symbols): its own top-k targets, no cross-vocabulary beam")
-        chunks = make_chunks(vocab.tokenizer, train_text, data.seq_len, data.stride, data.max_chunks)
+        chunks, n = with_written(make_chunks(vocab.tokenizer, train_text, data.seq_len, data.stride, data.max_chunks))
         targets = distillation_targets(teacher, chunks, config, log=log)
-        return distill(targets, student, vocab.tokenizer, chunks, config, log=log, dev_text=dev_text)
+        return distill(targets, student, vocab.tokenizer, chunks, config, log=log, dev_text=dev_text, teacher_written=n)
     chunks, path, report = cross_vocab_targets(teacher, tokenizer, vocab, train_text, config, log=log)
-    result = distill(path, student, vocab.tokenizer, chunks, config, log=log, dev_text=dev_text)
+    if written_text is None: result = distill(path, student, vocab.tokenizer, chunks, config, log=log, dev_text=dev_text)
+    else:  # the teacher's text labelled like the real split, its windows after the real ones
+        extra, extra_path, extra_report = cross_vocab_targets(teacher, tokenizer, vocab, written_text, config, log=log,
+                                                              windows=settings.teacher_written.windows, what="teacher-written")
+        targets = join_teacher_caches(load_teacher_cache(path), load_teacher_cache(extra_path))
+        result = distill(targets, student, vocab.tokenizer, join_chunks(chunks, extra), config, log=log, dev_text=dev_text,
+                         teacher_written=len(extra))
+        report = dict(report, teacher_written=extra_report)
     result.targets_check = report
     return result

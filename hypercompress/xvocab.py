@@ -29,7 +29,8 @@ from .data import TokenChunks, text_bytes
 from .errors import DataError, TargetsError
 from .evaluate import prefix_token_id
 from .models import _bytes_to_unicode
-from .teacher_cache import CACHE_FORMAT, cached_targets, load_teacher_cache, save_teacher_cache, teacher_identity
+from .teacher_cache import (CACHE_FORMAT, cached_targets, load_teacher_cache, save_teacher_cache, teacher_identity,
+                                         tokenizer_identity)
 from .vocab import StudentVocab, check_refinement, teacher_segmentations
 
 # %% ../nbs/32_xvocab_distill.ipynb #f46febcc
@@ -915,7 +916,7 @@ def xvocab_fields(teacher, teacher_tokenizer, student_vocab:StudentVocab, text:s
                   temperature:float, max_windows:int|None, **beam_settings) -> dict:
     "Everything the cached targets depend on (the key of `teacher_cache.cached_targets`)."
     return dict(kind="xvocab", format=TARGETS_FORMAT, teacher=teacher_identity(teacher),
-                tokenizer=hashlib.sha256(json.dumps(teacher_tokenizer.backend_tokenizer.to_str()).encode()).hexdigest(),
+                tokenizer=tokenizer_identity(teacher_tokenizer),
                 text=hashlib.sha256(text.encode("utf-8")).hexdigest(),
                 vocab=dict(kind=student_vocab.kind, n_merges=student_vocab.n_merges, size=len(student_vocab)),
                 seq_len=seq_len, k=k, temperature=float(temperature), max_windows=max_windows,

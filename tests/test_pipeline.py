@@ -190,3 +190,16 @@ def test_a_planned_weight_no_branch_proposed_is_an_error():
         compress(model, tokenizer, config, branches=["sparsity"], log=lambda m: None)
     student, plan, state = compress(model, tokenizer, config, branches=["sparsity"], log=lambda m: None, stand_in=True)
     assert "plan-svd" in state.artifacts  # the explicit stand-in, recorded
+
+
+def test_teacher_written_text_on_the_teachers_own_architecture(corpus, tmp_path):
+    "The factorize route mixes teacher-written windows in as well (the teacher's vocabulary, its own top-k targets)."
+    out = tmp_path / "written"
+    result = hypercompress(*run_args("tiny-llama", out, corpus, extra=["distillation.teacher_written.windows=2",
+                                                                        "distillation.teacher_written.batch_size=4",
+                                                                        "distillation.teacher_written.new_tokens=24",
+                                                                        "distillation.teacher_written.prompt_tokens=8"]), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "teacher-written text:" in result.stdout
+    training = json.loads((out / "summary.json").read_text())["training"]["distill"]
+    assert training["teacher_written_tokens"] == 256  # ⌊32 · 0.25⌋ = 8 of the 32 windows read

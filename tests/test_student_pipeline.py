@@ -105,3 +105,19 @@ def test_teacher_assistant_chain(bpe_teacher, tmp_path):
     assert summary["origin"]["teacher_params"] == original and summary["student_params"] == count_parameters(model) <= original // 6
     assert summary["teacher_params"] == json.loads((assistant / "summary.json").read_text())["student_params"]  # the assistant taught
     assert summary["origin"]["param_ratio"] >= 6
+
+
+def test_teacher_written_text_is_labelled_and_mixed_in(bpe_teacher, tmp_path):
+    "Text the teacher writes is labelled like the real split and read at the configured share; epochs count the real text."
+    out = tmp_path / "written"
+    result = designed_run(bpe_teacher, out, bpe_teacher.parent / "corpus.txt", "mode=distill-only", "targets.compression_ratio=6",
+                          "branches.blt.enabled=true", "branches.blt.vocab=bytes", "distillation.cross_vocab.leak_tolerance=10",
+                          "distillation.cross_vocab.lossy_tolerance=10", "distillation.teacher_written.windows=4",
+                          "distillation.teacher_written.batch_size=4", "distillation.teacher_written.new_tokens=24",
+                          "distillation.teacher_written.prompt_tokens=8", "distillation.teacher_written.fraction=0.5")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "teacher-written text:" in result.stdout and "leak check on" in result.stdout
+    assert "teacher-written tokens" in result.stdout
+    training = json.loads((out / "summary.json").read_text())["training"]["distill"]
+    assert training["teacher_written_tokens"] == 512  # 1024 tokens in windows of 32: ⌊32 · 0.5⌋ windows from the teacher's text
+    assert training["epochs"] == pytest.approx(512 / training["epoch_tokens"])  # epochs over the real text only
